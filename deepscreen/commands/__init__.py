@@ -1,0 +1,1 @@
+"""Subcommands of the `deepscreen` script that live in the kernel."""

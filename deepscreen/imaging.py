@@ -1,0 +1,186 @@
+"""Image decoding and resizing: the preprocessing contract shared by training and serving.
+
+Training reads every image through `decode_image`, and the serving class does the
+same with the `Preprocessing` stored in the model card, so a model never sees
+pixels prepared differently from those it was trained on. Normalisation (scaling
+to the backbone's range) lives inside the model itself, not here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deepscreen.errors import OversizedImage, UndecodableImage, UnsupportedImage
+
+#: Formats deepscreen decodes. Others that Pillow can identify (EPS, PSD, ICO...)
+#: are refused as unsupported rather than handed to riskier decoders.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+DEFAULT_MAX_BYTES = 40 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw image bytes become the model's input pixels.
+
+    Stored in the model card under ``preprocessing`` and read back by the
+    serving class; `to_card`/`from_card` round-trip it.
+    """
+
+    height: int
+    width: int
+    #: Pillow filter used for the one resize to (width, height).
+    resample: str = "bilinear"
+    #: "stretch": the whole image is resized to the input size; aspect ratio is not kept.
+    resize: str = "stretch"
+    #: JPEG draft mode: decode at the smallest 1/2^k scale still >= the input size.
+    jpeg_draft: bool = True
+    #: Transparent pixels are composited onto this colour.
+    background: tuple[int, int, int] = (255, 255, 255)
+    #: Channel order and dtype handed to the model; values span 0..255.
+    color: str = "RGB"
+    dtype: str = "uint8"
+    exif_transpose: bool = True
+    #: What the model does itself after these steps (documentation only).
+    in_model: str = field(default="x / 127.5 - 1 (MobileNetV2 scaling) inside the graph")
+
+    def __post_init__(self) -> None:
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"unknown resample filter {self.resample!r}")
+        if self.resize != "stretch":
+            raise ValueError(f"unknown resize mode {self.resize!r}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), Pillow's order."""
+        return (self.width, self.height)
+
+    def to_card(self) -> dict[str, Any]:
+        card = asdict(self)
+        card["background"] = list(self.background)
+        return card
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> Preprocessing:
+        known = {k: v for k, v in card.items() if k in cls.__dataclass_fields__}
+        if "background" in known:
+            known["background"] = tuple(known["background"])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Model-ready pixels plus what was learnt about the original."""
+
+    pixels: np.ndarray  # (height, width, 3) uint8
+    width: int  # original width, after EXIF orientation
+    height: int
+    format: str
+
+
+def decode_image(
+    data: bytes,
+    prep: Preprocessing,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode ``data`` into an RGB uint8 array of the model's input size.
+
+    Raises UndecodableImage, UnsupportedImage or OversizedImage; never a Pillow error.
+    """
+    if not data:
+        raise UndecodableImage("empty file")
+    if len(data) > max_bytes:
+        raise OversizedImage(f"{len(data)} bytes is over the limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "unknown"
+            if fmt not in SUPPORTED_FORMATS:
+                raise UnsupportedImage(f"{fmt} images are not supported")
+            w, h = img.size
+            if w * h > max_pixels:
+                raise OversizedImage(f"{w}x{h} pixels is over the limit of {max_pixels}")
+            if w == 0 or h == 0:
+                raise UndecodableImage("image has no pixels")
+            if prep.jpeg_draft and fmt in ("JPEG", "MPO"):
+                img.draft("RGB", _draft_target(img, prep))
+            img.load()  # first frame only for animations
+            if prep.exif_transpose:
+                img = ImageOps.exif_transpose(img)
+            orig_w, orig_h = _original_size(w, h, img)
+            rgb = _to_rgb(img, prep.background)
+            if rgb.size != prep.size:
+                rgb = rgb.resize(prep.size, _RESAMPLE[prep.resample], reducing_gap=None)
+            pixels = np.asarray(rgb, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise OversizedImage(str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise UndecodableImage("not a recognised image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow signals truncated and corrupt streams with these.
+        raise UndecodableImage(f"corrupt image data: {exc}") from exc
+    return DecodedImage(pixels=pixels, width=orig_w, height=orig_h, format=fmt)
+
+
+def _draft_target(img: Image.Image, prep: Preprocessing) -> tuple[int, int]:
+    """Draft size that survives a later 90-degree EXIF rotation."""
+    side = max(prep.width, prep.height)
+    return (side, side)
+
+
+def _original_size(w: int, h: int, img: Image.Image) -> tuple[int, int]:
+    """The original dimensions, swapped if EXIF rotated the image a quarter turn."""
+    if (img.width > img.height) != (w > h) and w != h:
+        return h, w
+    return w, h
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; alpha composited onto ``background``."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = _high_depth_to_l(img)
+        mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        canvas = Image.new("RGB", img.size, background)
+        canvas.paste(img, mask=img.getchannel("A"))
+        return canvas
+    if img.mode != "RGB":
+        try:
+            img = img.convert("RGB")
+        except ValueError as exc:
+            raise UnsupportedImage(f"image mode {mode} is not supported") from exc
+    return img
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit or float grayscale to 8-bit, scaling rather than clipping."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    else:
+        # 16-bit data (Pillow may report it as "I"): 0..65535 maps to 0..255.
+        scaled = arr.astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
