@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from deepscreen.errors import OversizedImage, UndecodableImage, UnsupportedImage
 
@@ -110,7 +110,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
             if fmt not in SUPPORTED_FORMATS:
                 raise UnsupportedImage(f"{fmt} images are not supported")
@@ -122,9 +122,11 @@ def decode_image(
             if prep.jpeg_draft and fmt in ("JPEG", "MPO"):
                 img.draft("RGB", _draft_target(img, prep))
             img.load()  # first frame only for animations
+            orig_w, orig_h = w, h
             if prep.exif_transpose:
+                if _is_quarter_turn(img):
+                    orig_w, orig_h = h, w
                 img = ImageOps.exif_transpose(img)
-            orig_w, orig_h = _original_size(w, h, img)
             rgb = _to_rgb(img, prep.background)
             if rgb.size != prep.size:
                 rgb = rgb.resize(prep.size, _RESAMPLE[prep.resample], reducing_gap=None)
@@ -145,11 +147,13 @@ def _draft_target(img: Image.Image, prep: Preprocessing) -> tuple[int, int]:
     return (side, side)
 
 
-def _original_size(w: int, h: int, img: Image.Image) -> tuple[int, int]:
-    """The original dimensions, swapped if EXIF rotated the image a quarter turn."""
-    if (img.width > img.height) != (w > h) and w != h:
-        return h, w
-    return w, h
+def _is_quarter_turn(img: Image.Image) -> bool:
+    """True if the image's orientation tag (EXIF, or XMP as Pillow reads it) swaps width and height.
+
+    Read from the tag rather than guessed from the aspect ratio, which JPEG draft
+    rounding can make square (a 2055x2049 image drafts to 257x257).
+    """
+    return img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
