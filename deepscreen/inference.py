@@ -1,0 +1,309 @@
+"""The one serving class: decode, resize and classify images with a LiteRT model.
+
+A model directory holds ``model.tflite`` and its ``model_card.json``. Everything
+serving needs to know (labels, decision threshold, preprocessing, input size)
+comes from the card and the model itself, never from literals here, so training
+and serving cannot drift apart. This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepscreen.errors import ImageError, ModelError
+from deepscreen.imaging import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    Preprocessing,
+    decode_image,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.tflite"
+CARD_FILE = "model_card.json"
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package: ``deepscreen/models/default``."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The verdict on one image."""
+
+    #: Probability of ``labels[1]`` (fake), in [0, 1].
+    score: float
+    label: str
+    #: sha256 of the model file that produced the score.
+    model_version: str
+    threshold: float
+
+
+class Classifier:
+    """Real-vs-fake classifier over a LiteRT (TFLite) model and its card.
+
+    The model is loaded once, at construction. The underlying interpreter is
+    **not thread-safe**: use one Classifier per thread or process (the
+    ``num_threads`` argument parallelises inside one inference instead).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str | None = None,
+        *,
+        num_threads: int | None = None,
+        max_batch: int = 16,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        """Load ``model.tflite`` and ``model_card.json`` from ``model_dir``.
+
+        ``num_threads`` None lets LiteRT choose. Raises ModelError when the
+        directory is missing, incomplete or inconsistent with itself.
+        """
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        self.max_batch = max_batch
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.num_threads = num_threads
+
+        model_bytes = _read_model(self.model_dir / MODEL_FILE)
+        self.version = hashlib.sha256(model_bytes).hexdigest()
+        self.card = _read_card(self.model_dir / CARD_FILE)
+        card_version = self.card.get("version")
+        if card_version is not None and card_version != self.version:
+            raise ModelError(
+                f"{self.model_dir}: card version {card_version!r} is not the sha256 "
+                f"of {MODEL_FILE} ({self.version})"
+            )
+        self.labels, self.threshold, self.preprocessing = _parse_card(self.card, self.model_dir)
+        self._interpreter = _make_interpreter(model_bytes, num_threads, self.model_dir)
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = int(self._input["shape"][0])
+        self._check_shapes()
+        logger.info(
+            "loaded model %s version %s input %s %s threads %s",
+            self.card.get("name", self.model_dir.name),
+            self.version[:12],
+            tuple(int(d) for d in self._input["shape"][1:]),
+            np.dtype(self._input["dtype"]).name,
+            num_threads,
+        )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the model takes."""
+        return int(self._input["shape"][1]), int(self._input["shape"][2])
+
+    def label_for(self, score: float) -> str:
+        """``labels[1]`` when ``score`` reaches the card's threshold, else ``labels[0]``."""
+        return self.labels[1] if score >= self.threshold else self.labels[0]
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode and resize ``data`` exactly as training did. Raises ImageError subclasses."""
+        return decode_image(
+            data, self.preprocessing, max_bytes=self.max_bytes, max_pixels=self.max_pixels
+        )
+
+    def predict_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Scores for an (N, H, W, 3) uint8 batch, as N floats in [0, 1]."""
+        batch = np.asarray(batch)
+        height, width = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (height, width, 3):
+            raise ValueError(f"expected a (N, {height}, {width}, 3) batch, got {batch.shape}")
+        scores = np.empty(len(batch), dtype=np.float32)
+        for start in range(0, len(batch), self.max_batch):
+            chunk = batch[start : start + self.max_batch]
+            scores[start : start + len(chunk)] = self._invoke(chunk)
+        return scores
+
+    def classify_one(self, data: bytes) -> Prediction:
+        """Classify one encoded image. Raises ImageError subclasses for bad input."""
+        pixels = self.decode(data).pixels
+        return self._prediction(float(self.predict_pixels(pixels[np.newaxis])[0]))
+
+    def classify(self, items: Sequence[bytes]) -> list[Prediction | ImageError]:
+        """Classify encoded images; a bad one yields its ImageError in its place.
+
+        Images are decoded and inferred ``max_batch`` at a time, so memory stays
+        bounded however many items are passed.
+        """
+        results: list[Prediction | ImageError | None] = [None] * len(items)
+        pending: list[tuple[int, np.ndarray]] = []
+        for index, data in enumerate(items):
+            try:
+                pending.append((index, self.decode(data).pixels))
+            except ImageError as exc:
+                results[index] = exc
+            if len(pending) == self.max_batch:
+                self._flush(pending, results)
+        self._flush(pending, results)
+        done = [r for r in results if r is not None]
+        assert len(done) == len(items), "every item gets a prediction or an error"
+        return done
+
+    def _flush(
+        self,
+        pending: list[tuple[int, np.ndarray]],
+        results: list[Prediction | ImageError | None],
+    ) -> None:
+        if not pending:
+            return
+        scores = self.predict_pixels(np.stack([pixels for _, pixels in pending]))
+        for (index, _), score in zip(pending, scores, strict=True):
+            results[index] = self._prediction(float(score))
+        pending.clear()
+
+    def _prediction(self, score: float) -> Prediction:
+        return Prediction(
+            score=score,
+            label=self.label_for(score),
+            model_version=self.version,
+            threshold=self.threshold,
+        )
+
+    def _invoke(self, chunk: np.ndarray) -> np.ndarray:
+        """Run one batch of at most ``max_batch`` images through the interpreter."""
+        n = len(chunk)
+        if n != self._batch:
+            # Reallocation is costly: done only when the batch size changes.
+            shape = [n, *(int(d) for d in self._input["shape"][1:])]
+            try:
+                self._interpreter.resize_tensor_input(self._input["index"], shape)
+                self._interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"cannot resize the model input to {shape}: {exc}") from exc
+            self._batch = n
+        try:
+            self._interpreter.set_tensor(self._input["index"], self._quantize(chunk))
+            self._interpreter.invoke()
+            raw = self._interpreter.get_tensor(self._output["index"])
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"inference failed: {exc}") from exc
+        return self._dequantize(raw).reshape(n)
+
+    def _quantize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (0..255) to the model's input dtype and quantization."""
+        dtype = np.dtype(self._input["dtype"])
+        scale, zero_point = self._input["quantization"]
+        if dtype.kind == "f":
+            return pixels.astype(dtype)
+        if scale == 0:
+            if dtype == np.uint8:
+                return np.ascontiguousarray(pixels, dtype=np.uint8)
+            raise ModelError(f"{dtype.name} input without quantization parameters")
+        info = np.iinfo(dtype)
+        q = np.rint(pixels.astype(np.float32) / scale + zero_point)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
+        scale, zero_point = self._output["quantization"]
+        if np.dtype(self._output["dtype"]).kind != "f" and scale != 0:
+            return (raw.astype(np.float32) - zero_point) * scale
+        return raw.astype(np.float32)
+
+    def _check_shapes(self) -> None:
+        """The model's tensors must agree with the card and with a sigmoid output."""
+        shape = [int(d) for d in self._input["shape"]]
+        if len(shape) != 4 or shape[3] != 3:
+            raise ModelError(f"{self.model_dir}: model input shape {shape} is not (N, H, W, 3)")
+        height, width = shape[1], shape[2]
+        card_input = self.card.get("input")
+        if card_input is not None:
+            card_shape = (card_input.get("height"), card_input.get("width"))
+            if card_shape != (height, width) or card_input.get("channels", 3) != 3:
+                raise ModelError(
+                    f"{self.model_dir}: card input {card_input} differs from the model's "
+                    f"input shape {shape}"
+                )
+        if (self.preprocessing.height, self.preprocessing.width) != (height, width):
+            raise ModelError(
+                f"{self.model_dir}: card preprocessing size "
+                f"{self.preprocessing.height}x{self.preprocessing.width} differs from the "
+                f"model's input {height}x{width}"
+            )
+        out_shape = [int(d) for d in self._output["shape"]]
+        if len(out_shape) != 2 or out_shape[1] != 1:
+            raise ModelError(f"{self.model_dir}: model output shape {out_shape} is not (N, 1)")
+
+
+def _read_model(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc}") from exc
+    if not data:
+        raise ModelError(f"model file {path} is empty")
+    return data
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"cannot read model card {path}: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"model card {path} is not a JSON object")
+    return card
+
+
+def _parse_card(card: dict[str, Any], model_dir: Path) -> tuple[list[str], float, Preprocessing]:
+    """Labels, threshold and preprocessing from a card; ModelError if malformed."""
+    labels = card.get("labels")
+    if (
+        not isinstance(labels, list)
+        or len(labels) != 2
+        or not all(isinstance(label, str) for label in labels)
+    ):
+        raise ModelError(f"{model_dir}: card labels must be two strings, got {labels!r}")
+    output = card.get("output", "sigmoid")
+    if output != "sigmoid":
+        raise ModelError(f"{model_dir}: card output {output!r} is not 'sigmoid'")
+    threshold = card.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise ModelError(f"{model_dir}: card threshold must be a number, got {threshold!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ModelError(f"{model_dir}: card threshold {threshold} is outside [0, 1]")
+    prep_card = card.get("preprocessing")
+    if not isinstance(prep_card, dict):
+        raise ModelError(f"{model_dir}: card has no preprocessing section")
+    try:
+        prep = Preprocessing.from_card(prep_card)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: bad preprocessing in card: {exc}") from exc
+    if prep.color != "RGB" or prep.dtype != "uint8":
+        raise ModelError(
+            f"{model_dir}: serving feeds RGB uint8 pixels, card asks for {prep.color} {prep.dtype}"
+        )
+    return list(labels), float(threshold), prep
+
+
+def _make_interpreter(model_bytes: bytes, num_threads: int | None, model_dir: Path) -> Any:
+    """A LiteRT interpreter with tensors allocated; LiteRT errors become ModelError."""
+    # Imported here so importing deepscreen.inference stays cheap.
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: LiteRT cannot load {MODEL_FILE}: {exc}") from exc
+    if len(interpreter.get_input_details()) != 1 or len(interpreter.get_output_details()) != 1:
+        raise ModelError(f"{model_dir}: model must have exactly one input and one output")
+    return interpreter
