@@ -44,3 +44,48 @@ class OversizedImage(ImageError):
 
 class ModelError(PermanentError):
     """A model directory that is missing, incomplete or inconsistent."""
+
+
+class ConfigError(PermanentError, ValueError):
+    """A DEEPSCREEN_* setting that is missing or malformed; the message names it."""
+
+
+class StorageError(DeepscreenError):
+    """Base of every storage error; subclasses are also Transient or Permanent."""
+
+    #: Short machine-readable reason stored with a failed image.
+    code = "storage_error"
+
+
+class StorageUnavailable(StorageError, TransientError):
+    """Endpoint unreachable, timed out, throttling or a 5xx: try again later."""
+
+    code = "storage_unavailable"
+
+
+class BucketNotFound(StorageError, PermanentError):
+    """The bucket (or local root folder) does not exist."""
+
+    code = "missing_bucket"
+
+
+class ObjectNotFound(StorageError, PermanentError):
+    """No object under that key (deleted since it was listed, or never there)."""
+
+    code = "missing_object"
+
+
+class StorageAccessDenied(StorageError, PermanentError):
+    """Bad or unknown credentials, or the identity may not do this."""
+
+    code = "access_denied"
+
+
+class InvalidKey(StorageError, PermanentError):
+    """A key that is empty, absolute or escapes the store's root."""
+
+    code = "invalid_key"
+
+
+class DatabaseUnavailable(TransientError):
+    """The database refused or dropped the connection, or a lock timed out."""

@@ -1,0 +1,390 @@
+"""Settings: the one place deepscreen reads its environment.
+
+`Settings.from_env()` turns ``DEEPSCREEN_*`` variables into one frozen object that
+is passed down to every factory (`make_engine(settings)`, `open_store(url, settings)`,
+...). Nothing else in the code base reads ``os.environ``. Tests build their own
+`Settings(...)` directly or through `from_env({...})`.
+
+Each field documents itself (environment variable, default, meaning) in its
+metadata; `configuration_markdown()` renders that as the table in
+``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepscreen.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "DEEPSCREEN_"
+
+#: The model shipped inside the package (``deepscreen/models/default``).
+PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+
+#: Same limits as `deepscreen.imaging` (kept literal so reading settings never imports Pillow).
+DEFAULT_MAX_IMAGE_BYTES = 40 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+DEFAULT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+SQLITE_FILENAME = "deepscreen.sqlite3"
+
+
+def _var(
+    name: str,
+    help: str,
+    *,
+    default_doc: str | None = None,
+    minimum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Field metadata: which variable sets the field and how it is documented."""
+    return {
+        "env": PREFIX + name,
+        "help": help,
+        "default_doc": default_doc,
+        "minimum": minimum,
+        "choices": choices,
+    }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of deepscreen, immutable once built.
+
+    Empty ``database_url`` is filled in from ``data_dir`` and ``data_dir`` is made
+    absolute, so ``Settings(data_dir=tmp_path)`` is a complete embedded setup.
+    """
+
+    data_dir: Path = field(
+        default=Path(".deepscreen"),
+        metadata=_var(
+            "DATA_DIR",
+            "Folder of the embedded mode: SQLite database and file-based queue.",
+            default_doc="`./.deepscreen`",
+        ),
+    )
+    database_url: str = field(
+        default="",
+        metadata=_var(
+            "DATABASE_URL",
+            "SQLAlchemy URL, e.g. `postgresql+psycopg://user:pass@host/deepscreen`.",
+            default_doc=f"`sqlite:///<DATA_DIR>/{SQLITE_FILENAME}`",
+        ),
+    )
+    broker_url: str = field(
+        default="filesystem://",
+        metadata=_var(
+            "BROKER_URL",
+            "Celery broker, e.g. `redis://localhost:6379/0`. `filesystem://` is the "
+            "embedded queue kept under `<DATA_DIR>/queue`.",
+        ),
+    )
+    broker_visibility_timeout: int = field(
+        default=3600,
+        metadata=_var(
+            "BROKER_VISIBILITY_TIMEOUT",
+            "Seconds before Redis redelivers an unacknowledged task; must exceed "
+            "`DEEPSCREEN_TASK_TIME_LIMIT`.",
+            minimum=1,
+        ),
+    )
+    s3_endpoint_url: str | None = field(
+        default=None,
+        metadata=_var(
+            "S3_ENDPOINT_URL",
+            "S3 endpoint, e.g. `http://seaweedfs:8333`; unset means AWS.",
+            default_doc="unset",
+        ),
+    )
+    s3_region: str = field(
+        default="us-east-1",
+        metadata=_var("S3_REGION", "Region used to sign S3 requests."),
+    )
+    s3_access_key_id: str | None = field(
+        default=None,
+        metadata=_var(
+            "S3_ACCESS_KEY_ID",
+            "S3 access key; unset means boto3's default credential chain.",
+            default_doc="unset",
+        ),
+    )
+    s3_secret_access_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_var("S3_SECRET_ACCESS_KEY", "S3 secret key.", default_doc="unset"),
+    )
+    s3_addressing: str = field(
+        default="path",
+        metadata=_var(
+            "S3_ADDRESSING",
+            "`path` (`host/bucket/key`, what SeaweedFS and MinIO expect), "
+            "`virtual` (`bucket.host/key`) or `auto`.",
+            choices=("path", "virtual", "auto"),
+        ),
+    )
+    s3_connect_timeout: float = field(
+        default=5.0,
+        metadata=_var("S3_CONNECT_TIMEOUT", "Seconds to wait for an S3 connection.", minimum=0.01),
+    )
+    s3_read_timeout: float = field(
+        default=30.0,
+        metadata=_var("S3_READ_TIMEOUT", "Seconds to wait for S3 to send data.", minimum=0.01),
+    )
+    s3_max_attempts: int = field(
+        default=3,
+        metadata=_var(
+            "S3_MAX_ATTEMPTS",
+            "Attempts per S3 call inside boto3 (1 = no retry) before a TransientError.",
+            minimum=1,
+        ),
+    )
+    url_expires: int = field(
+        default=3600,
+        metadata=_var("URL_EXPIRES", "Lifetime in seconds of presigned image URLs.", minimum=1),
+    )
+    model_dir: Path = field(
+        default=PACKAGED_MODEL_DIR,
+        metadata=_var(
+            "MODEL_DIR",
+            "Folder of the LiteRT model and its card.",
+            default_doc="the packaged `deepscreen/models/default`",
+        ),
+    )
+    classify_batch_size: int = field(
+        default=16,
+        metadata=_var(
+            "CLASSIFY_BATCH_SIZE", "Image ids per classify task (one inference batch).", minimum=1
+        ),
+    )
+    max_image_bytes: int = field(
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metadata=_var(
+            "MAX_IMAGE_BYTES",
+            "Larger objects are not downloaded; the image is failed as oversized.",
+            default_doc=f"`{DEFAULT_MAX_IMAGE_BYTES}` (40 MiB)",
+            minimum=1,
+        ),
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata=_var(
+            "MAX_IMAGE_PIXELS",
+            "Larger images are failed as oversized (decompression-bomb guard).",
+            minimum=1,
+        ),
+    )
+    inference_threads: int = field(
+        default=1,
+        metadata=_var(
+            "INFERENCE_THREADS", "LiteRT interpreter threads per worker process.", minimum=1
+        ),
+    )
+    image_suffixes: tuple[str, ...] = field(
+        default=DEFAULT_IMAGE_SUFFIXES,
+        metadata=_var(
+            "IMAGE_SUFFIXES",
+            "Comma-separated file suffixes that ingestion picks up (case-insensitive).",
+            default_doc="`" + ",".join(DEFAULT_IMAGE_SUFFIXES) + "`",
+        ),
+    )
+    worker_concurrency: int = field(
+        default=0,
+        metadata=_var(
+            "WORKER_CONCURRENCY", "Worker processes; `0` means one per CPU core.", minimum=0
+        ),
+    )
+    task_soft_time_limit: int = field(
+        default=300,
+        metadata=_var(
+            "TASK_SOFT_TIME_LIMIT",
+            "Seconds after which a task is asked to stop (SoftTimeLimitExceeded).",
+            minimum=1,
+        ),
+    )
+    task_time_limit: int = field(
+        default=360,
+        metadata=_var(
+            "TASK_TIME_LIMIT",
+            "Seconds after which a task's process is killed; must exceed the soft limit.",
+            minimum=1,
+        ),
+    )
+    task_max_retries: int = field(
+        default=5,
+        metadata=_var(
+            "TASK_MAX_RETRIES",
+            "Retries of a transient failure before the image is marked failed.",
+            minimum=0,
+        ),
+    )
+    scan_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=_var(
+            "SCAN_URLS",
+            "Comma-separated `s3://bucket/prefix` or `file:///path` locations the periodic "
+            "scan ingests.",
+            default_doc="empty (no periodic scan)",
+        ),
+    )
+    scan_interval: int = field(
+        default=300,
+        metadata=_var("SCAN_INTERVAL", "Seconds between periodic scans.", minimum=1),
+    )
+    reconcile_interval: int = field(
+        default=60,
+        metadata=_var("RECONCILE_INTERVAL", "Seconds between reconciler runs.", minimum=1),
+    )
+    reconcile_after: int = field(
+        default=900,
+        metadata=_var(
+            "RECONCILE_AFTER",
+            "Seconds an image may stay queued or processing before it is enqueued again.",
+            minimum=1,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        # Frozen: normalise through object.__setattr__, once, at construction.
+        data_dir = Path(self.data_dir).expanduser().absolute()
+        object.__setattr__(self, "data_dir", data_dir)
+        object.__setattr__(self, "model_dir", Path(self.model_dir).expanduser().absolute())
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / SQLITE_FILENAME}")
+        object.__setattr__(
+            self, "image_suffixes", tuple(_suffix(s) for s in self.image_suffixes if s.strip())
+        )
+        for f in dataclasses.fields(self):
+            _check_bounds(f, getattr(self, f.name))
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ConfigError(
+                f"{_env_name('task_time_limit')}={self.task_time_limit} must be greater than "
+                f"{_env_name('task_soft_time_limit')}={self.task_soft_time_limit}"
+            )
+        if self.broker_visibility_timeout <= self.task_time_limit:
+            raise ConfigError(
+                f"{_env_name('broker_visibility_timeout')}={self.broker_visibility_timeout} "
+                f"must be greater than {_env_name('task_time_limit')}={self.task_time_limit}, "
+                "or long tasks are delivered twice"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: ``os.environ``).
+
+        Unset or empty variables take their defaults. A malformed value raises
+        `ConfigError` naming the variable; unknown ``DEEPSCREEN_*`` names are logged.
+        """
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        known: set[str] = set()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            known.add(name)
+            raw = env.get(name, "").strip()
+            if raw:
+                values[f.name] = _parse(name, raw, hints[f.name], f.metadata["choices"])
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        if unknown:
+            logger.warning("ignoring unknown settings: %s", ", ".join(unknown))
+        return cls(**values)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def queue_dir(self) -> Path:
+        """Root of the embedded (``filesystem://``) broker's folders."""
+        return self.data_dir / "queue"
+
+    @property
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Celery ``broker_transport_options`` for the configured broker."""
+        if self.broker_url.startswith("filesystem"):
+            # One process both produces and consumes, so "in" and "out" are one folder.
+            messages = str(self.queue_dir / "messages")
+            return {
+                "data_folder_in": messages,
+                "data_folder_out": messages,
+                "processed_folder": str(self.queue_dir / "processed"),
+                "store_processed": False,
+            }
+        return {"visibility_timeout": self.broker_visibility_timeout}
+
+
+def configuration_markdown() -> str:
+    """A Markdown table of every variable: name, default and meaning."""
+    defaults = Settings.__dataclass_fields__
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        md = f.metadata
+        default = md["default_doc"] or _default_doc(defaults[f.name].default)
+        meaning = md["help"]
+        if md["choices"]:
+            meaning += " One of " + ", ".join(f"`{c}`" for c in md["choices"]) + "."
+        lines.append(f"| `{md['env']}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def _env_name(field_name: str) -> str:
+    return str(Settings.__dataclass_fields__[field_name].metadata["env"])
+
+
+def _default_doc(value: object) -> str:
+    if isinstance(value, tuple):
+        return "`" + ",".join(map(str, value)) + "`"
+    return f"`{value}`"
+
+
+def _suffix(value: str) -> str:
+    value = value.strip().lower()
+    return value if value.startswith(".") else "." + value
+
+
+def _parse_tuple(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    str: str,
+    int: int,
+    float: float,
+    Path: Path,
+    tuple[str, ...]: _parse_tuple,
+}
+
+
+def _parse(name: str, raw: str, hint: Any, choices: tuple[str, ...] | None) -> Any:
+    """Convert one variable's text to the field's type, or raise ConfigError naming it."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # "X | None": the one non-None member decides
+        hint = next(a for a in args if a is not type(None))
+    try:
+        value = _PARSERS[hint](raw)
+    except ValueError as exc:
+        type_name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"{name}={raw!r} is not a valid {type_name}: {exc}") from exc
+    if choices and value not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+    return value
+
+
+def _check_bounds(f: dataclasses.Field[Any], value: Any) -> None:
+    md = f.metadata
+    minimum = md.get("minimum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{md['env']}={value!r} must be at least {minimum:g}")
+    choices = md.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{md['env']}={value!r} must be one of: {', '.join(choices)}")

@@ -1,0 +1,71 @@
+"""Alembic environment: the database comes from deepscreen Settings, the target
+schema from deepscreen.db's metadata.
+
+Programmatic callers (tests, `deepscreen.db.migrate`) pass ``settings`` and
+optionally an open ``connection`` through ``Config.attributes``; the `alembic`
+command line reads DEEPSCREEN_DATABASE_URL via `Settings.from_env()`.
+"""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+from deepscreen.config import Settings
+from deepscreen.db import metadata
+from deepscreen.db.session import make_engine
+
+config = context.config
+
+if config.config_file_name is not None and not config.attributes.get("connection"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _settings() -> Settings:
+    settings = config.attributes.get("settings")
+    return settings if settings is not None else Settings.from_env()
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(
+        target_metadata=metadata,
+        compare_type=True,
+        # SQLite cannot ALTER most things: batch mode copies the table instead.
+        render_as_batch=_settings().is_sqlite,
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL to stdout (``alembic upgrade head --sql``)."""
+    _configure(url=_settings().database_url, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection: Connection) -> None:
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = make_engine(_settings(), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            _run(conn)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
