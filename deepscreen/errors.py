@@ -89,3 +89,9 @@ class InvalidKey(StorageError, PermanentError):
 
 class DatabaseUnavailable(TransientError):
     """The database refused or dropped the connection, or a lock timed out."""
+
+
+class StorageRequestRejected(StorageError, PermanentError):
+    """Any other client error (4xx) the store answered; retrying will not help."""
+
+    code = "storage_rejected"

@@ -1,0 +1,455 @@
+"""Where images live: one `ImageStore` protocol, an S3 and a local-folder implementation.
+
+Both speak in keys relative to a bucket (S3) or a root folder (local) and raise
+only deepscreen errors: `BucketNotFound`, `ObjectNotFound`, `StorageAccessDenied`,
+`InvalidKey` and `StorageRequestRejected` are permanent; `StorageUnavailable`
+(unreachable endpoint, timeouts, throttling, 5xx) is transient. A GET over its
+size cap raises `OversizedImage`, so the image is recorded as failed, not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+import boto3
+from botocore import exceptions as bex
+from botocore.client import BaseClient
+from botocore.config import Config
+from urllib3 import exceptions as uex
+
+from deepscreen.config import Settings
+from deepscreen.errors import (
+    BucketNotFound,
+    InvalidKey,
+    ObjectNotFound,
+    OversizedImage,
+    StorageAccessDenied,
+    StorageError,
+    StorageRequestRejected,
+    StorageUnavailable,
+)
+
+#: Prefix of the temporary files `LocalStore.put` writes before renaming them.
+_TMP_PREFIX = ".deepscreen-tmp-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing reports it."""
+
+    bucket: str
+    key: str
+    #: S3: the ETag without quotes. Local: MD5 hex of the content, which is what S3
+    #: reports for an object uploaded in one part.
+    etag: str
+    size: int
+    last_modified: datetime  # timezone-aware UTC
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """A flat namespace of immutable-ish blobs addressed by key."""
+
+    #: S3 bucket name, or ``file:///root`` for a folder; stored as ``images.bucket``.
+    bucket: str
+    #: Default prefix for `list` (from the store URL).
+    prefix: str
+
+    def list(
+        self, prefix: str | None = None, suffixes: Iterable[str] | None = None
+    ) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` (default: the store's) and ends
+        with one of ``suffixes`` (case-insensitive; None = all), each once.
+
+        The order is the store's own: AWS sorts by key, SeaweedFS lists folder
+        by folder, LocalStore sorts by key.
+        """
+        ...
+
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; `OversizedImage` if larger than ``max_bytes``."""
+        ...
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        """Store ``data`` under ``key`` (replacing it) and return its etag."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        ...
+
+    def url(self, key: str, expires: int = 3600) -> str:
+        """A URL a browser can GET the object from for ``expires`` seconds."""
+        ...
+
+
+def match_suffix(key: str, suffixes: Iterable[str] | None) -> bool:
+    """True if ``key`` ends with one of ``suffixes`` (case-insensitive) or there are none."""
+    if suffixes is None:
+        return True
+    lowered = key.lower()
+    return any(lowered.endswith(s.lower()) for s in suffixes)
+
+
+def open_store(url: str, settings: Settings, *, client: BaseClient | None = None) -> ImageStore:
+    """A store for ``s3://bucket/prefix`` or ``file:///path``.
+
+    The URL's prefix becomes the store's default listing prefix; keys stay
+    relative to the bucket (or folder), so they do not depend on it.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"{url!r}: an S3 URL needs a bucket, as in s3://bucket/prefix")
+        return S3Store(
+            parts.netloc, client or make_s3_client(settings), prefix=parts.path.lstrip("/")
+        )
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"{url!r}: only local file URLs (file:///path) are supported")
+        return LocalStore(Path(unquote(parts.path)))
+    raise ValueError(f"{url!r}: expected an s3://bucket/prefix or file:///path URL")
+
+
+def store_for_bucket(
+    bucket: str, settings: Settings, *, client: BaseClient | None = None
+) -> ImageStore:
+    """The store an ``images.bucket`` value refers to (inverse of `ImageStore.bucket`)."""
+    if bucket.startswith("file://"):
+        return open_store(bucket, settings)
+    return S3Store(bucket, client or make_s3_client(settings))
+
+
+# --------------------------------------------------------------------------- S3
+
+#: Error codes that mean "try again later" whatever the HTTP status.
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ServiceUnavailable",
+        "InternalError",
+        "OperationAborted",
+    }
+)
+_AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AuthorizationHeaderMalformed",
+        "AccountProblem",
+    }
+)
+
+
+def make_s3_client(settings: Settings) -> BaseClient:
+    """A boto3 S3 client for ``settings`` (no request is made). Thread-safe; share it."""
+    config = Config(
+        region_name=settings.s3_region,
+        signature_version="s3v4",
+        s3={"addressing_style": settings.s3_addressing},
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=config,
+    )
+
+
+class S3Store:
+    """A bucket on any S3-compatible service (AWS, SeaweedFS, MinIO...)."""
+
+    def __init__(
+        self, bucket: str, client: BaseClient, *, prefix: str = "", page_size: int = 1000
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self._client = client
+        #: Keys per ListObjectsV2 request (S3 caps it at 1000).
+        self.page_size = page_size
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.bucket!r}, prefix={self.prefix!r})"
+
+    def list(
+        self, prefix: str | None = None, suffixes: Iterable[str] | None = None
+    ) -> Iterator[ObjectInfo]:
+        suffixes = tuple(suffixes) if suffixes is not None else None
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=self.prefix if prefix is None else prefix,
+            PaginationConfig={"PageSize": self.page_size},
+        )
+        with self._translated():
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    key = item["Key"]
+                    if key.endswith("/") or not match_suffix(key, suffixes):
+                        continue  # folder markers, other file types
+                    yield ObjectInfo(
+                        bucket=self.bucket,
+                        key=key,
+                        etag=item["ETag"].strip('"'),
+                        size=item["Size"],
+                        last_modified=item["LastModified"].astimezone(UTC),
+                    )
+
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        _check_key(key)
+        with self._translated(key):
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            try:
+                length = response.get("ContentLength")
+                if max_bytes is not None and length is not None and length > max_bytes:
+                    raise OversizedImage(f"{length} bytes is over the limit of {max_bytes}")
+                # Read one byte past the cap: a wrong or absent Content-Length
+                # still cannot make us buffer an unbounded body.
+                data: bytes = body.read() if max_bytes is None else body.read(max_bytes + 1)
+            finally:
+                body.close()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise OversizedImage(f"more than {max_bytes} bytes")
+        return data
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        _check_key(key)
+        extra = {"ContentType": content_type} if content_type else {}
+        with self._translated(key):
+            response = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        return str(response["ETag"]).strip('"')
+
+    def exists(self, key: str) -> bool:
+        """HEAD the key. A missing bucket also answers 404, so it reads as False too."""
+        _check_key(key)
+        with self._translated(key):
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=key)
+            except bex.ClientError as exc:
+                if _status(exc) == 404:
+                    return False
+                raise
+        return True
+
+    def url(self, key: str, expires: int = 3600) -> str:
+        """A presigned GET URL (signed locally; no request is made)."""
+        _check_key(key)
+        with self._translated(key):
+            return str(
+                self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+                )
+            )
+
+    def _translated(self, key: str | None = None) -> AbstractContextManager[None]:
+        return _translated(self.bucket, key)
+
+
+@contextmanager
+def _translated(bucket: str, key: str | None = None) -> Iterator[None]:
+    """Re-raise botocore and urllib3 exceptions as deepscreen storage errors."""
+    try:
+        yield
+    except (bex.BotoCoreError, bex.ClientError, uex.HTTPError) as exc:
+        translated = translate_boto_error(exc, bucket=bucket, key=key)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def translate_boto_error(
+    exc: BaseException, *, bucket: str, key: str | None = None
+) -> StorageError | None:
+    """The deepscreen error for a botocore/urllib3 exception, or None if it is not one."""
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    if isinstance(exc, bex.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = _status(exc)
+        message = f"{where}: {code or status} {error.get('Message', '')}".strip()
+        if code == "NoSuchBucket":
+            return BucketNotFound(message)
+        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+            return ObjectNotFound(message) if key else BucketNotFound(message)
+        if code in _AUTH_CODES or status in (401, 403):
+            return StorageAccessDenied(message)
+        if code in _TRANSIENT_CODES or status == 429 or (status or 0) >= 500:
+            return StorageUnavailable(message)
+        return StorageRequestRejected(message)
+    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
+        return StorageAccessDenied(f"{where}: {exc}")
+    if isinstance(
+        exc,
+        bex.ConnectionError  # EndpointConnectionError, timeouts, closed connections
+        | bex.ResponseStreamingError
+        | bex.IncompleteReadError
+        | uex.HTTPError,
+    ):
+        return StorageUnavailable(f"{where}: {exc}")
+    return None
+
+
+def _status(exc: Any) -> int | None:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
+
+
+# ------------------------------------------------------------------------ local
+
+
+class LocalStore:
+    """A folder as a store: keys are POSIX paths relative to ``root``.
+
+    The etag is the MD5 hex of the content, as S3 reports for single-part
+    uploads, so the same file has the same etag in a folder and in a bucket and
+    touching a file without changing it does not make it a new version. Listing
+    therefore reads every listed file once. Keys that would leave ``root`` (``..``,
+    absolute paths, symlinks pointing outside) are refused with `InvalidKey`.
+    """
+
+    def __init__(self, root: Path | str, *, prefix: str = "") -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.bucket = self.root.as_uri()
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r}, prefix={self.prefix!r})"
+
+    def list(
+        self, prefix: str | None = None, suffixes: Iterable[str] | None = None
+    ) -> Iterator[ObjectInfo]:
+        prefix = self.prefix if prefix is None else prefix
+        suffixes = tuple(suffixes) if suffixes is not None else None
+        if not self.root.is_dir():
+            raise BucketNotFound(f"{self.bucket}: no such folder")
+        # Walk only below the deepest folder the prefix names, then filter by string
+        # prefix like S3 does ("a/b" matches "a/b.jpg" and "a/bc/d.jpg").
+        start = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
+        keys = sorted(
+            key
+            for key in self._walk(start)
+            if key.startswith(prefix) and match_suffix(key, suffixes)
+        )
+        for key in keys:
+            path = self.root / key
+            try:
+                stat = path.stat()
+                etag = _md5_file(path)
+            except FileNotFoundError:
+                continue  # deleted since the walk
+            except OSError as exc:
+                raise self._os_error(exc, key) from exc
+            yield ObjectInfo(
+                bucket=self.bucket,
+                key=key,
+                etag=etag,
+                size=stat.st_size,
+                last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+            )
+
+    def _walk(self, start: Path) -> Iterator[str]:
+        real_root = self.root.resolve()
+        for dirpath, dirnames, filenames in os.walk(start, onerror=None):
+            dirnames.sort()
+            for name in filenames:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                path = Path(dirpath, name)
+                # Skip symlinks to files outside the root: get() would refuse them.
+                if not path.resolve().is_relative_to(real_root) or not path.is_file():
+                    continue
+                yield path.relative_to(self.root).as_posix()
+
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with path.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise OversizedImage(f"{size} bytes is over the limit of {max_bytes}")
+                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise self._os_error(exc, key) from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise OversizedImage(f"more than {max_bytes} bytes")  # grew while read
+        return data
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        """Write atomically (temporary file + rename). ``content_type`` is not kept."""
+        path = self._path(key)
+        if not self.root.is_dir():
+            raise BucketNotFound(f"{self.bucket}: no such folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise self._os_error(exc, key) from exc
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def url(self, key: str, expires: int = 3600) -> str:
+        """A ``file://`` URL; ``expires`` does not apply to local files."""
+        return self._path(key).as_uri()
+
+    def _os_error(self, exc: OSError, key: str) -> StorageError:
+        where = f"{self.bucket}/{key}"
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+            if not self.root.is_dir():
+                return BucketNotFound(f"{self.bucket}: no such folder")
+            return ObjectNotFound(f"{where}: no such file")
+        if isinstance(exc, PermissionError):
+            return StorageAccessDenied(f"{where}: {exc.strerror}")
+        return StorageUnavailable(f"{where}: {exc}")
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        pure = PurePosixPath(key)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in key or "\0" in key:
+            raise InvalidKey(f"{key!r} is not a relative POSIX path inside {self.bucket}")
+        path = self.root.joinpath(*pure.parts)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidKey(f"{key!r} leads outside {self.bucket}")
+        return path
+
+
+def _check_key(key: str) -> None:
+    if not key or key.endswith("/"):
+        raise InvalidKey(f"{key!r} is not an object key")
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
