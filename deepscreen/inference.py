@@ -69,8 +69,9 @@ class Classifier:
     ) -> None:
         """Load ``model.tflite`` and ``model_card.json`` from ``model_dir``.
 
-        ``num_threads`` None lets LiteRT choose. Raises ModelError when the
-        directory is missing, incomplete or inconsistent with itself.
+        ``num_threads`` None leaves it to LiteRT (a single thread in ai-edge-litert 2.x).
+        Raises ModelError when the directory is missing, incomplete or inconsistent
+        with itself.
         """
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -100,7 +101,7 @@ class Classifier:
             self.card.get("name", self.model_dir.name),
             self.version[:12],
             tuple(int(d) for d in self._input["shape"][1:]),
-            np.dtype(self._input["dtype"]).name,
+            self.input_dtype.name,
             num_threads,
         )
 
@@ -108,6 +109,11 @@ class Classifier:
     def input_size(self) -> tuple[int, int]:
         """(height, width) the model takes."""
         return int(self._input["shape"][1]), int(self._input["shape"][2])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The model's input dtype: float32, or uint8/int8 for quantized models."""
+        return np.dtype(self._input["dtype"])
 
     def label_for(self, score: float) -> str:
         """``labels[1]`` when ``score`` reaches the card's threshold, else ``labels[0]``."""
@@ -198,7 +204,7 @@ class Classifier:
 
     def _quantize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (0..255) to the model's input dtype and quantization."""
-        dtype = np.dtype(self._input["dtype"])
+        dtype = self.input_dtype
         scale, zero_point = self._input["quantization"]
         if dtype.kind == "f":
             return pixels.astype(dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -61,7 +62,7 @@ def register(subparsers: Any) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="LiteRT threads (default: LiteRT's choice)",
+        help="LiteRT threads (default: one per CPU)",
     )
     parser.add_argument(
         "--batch",
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from deepscreen.inference import Classifier
 
     try:
-        classifier = Classifier(args.model, num_threads=args.threads, max_batch=args.batch)
+        # LiteRT's own default is a single thread; a command-line run may use the machine.
+        threads = args.threads or os.cpu_count() or 1
+        classifier = Classifier(args.model, num_threads=threads, max_batch=args.batch)
     except ModelError as exc:
         print(f"deepscreen classify: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
