@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -127,8 +128,8 @@ class Settings:
         default="path",
         metadata=_var(
             "S3_ADDRESSING",
-            "`path` (`host/bucket/key`, what SeaweedFS and MinIO expect), "
-            "`virtual` (`bucket.host/key`) or `auto`.",
+            "How buckets appear in S3 URLs: `path` is `host/bucket/key` (what SeaweedFS "
+            "and MinIO expect), `virtual` is `bucket.host/key`, `auto` lets boto3 pick.",
             choices=("path", "virtual", "auto"),
         ),
     )
@@ -382,6 +383,8 @@ def _parse(name: str, raw: str, hint: Any, choices: tuple[str, ...] | None) -> A
 
 def _check_bounds(f: dataclasses.Field[Any], value: Any) -> None:
     md = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{md['env']}={value!r} must be a finite number")
     minimum = md.get("minimum")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{md['env']}={value!r} must be at least {minimum:g}")

@@ -1,0 +1,170 @@
+"""Settings come from DEEPSCREEN_* variables only, with defaults and clear errors."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
+
+from deepscreen import imaging
+from deepscreen.config import PACKAGED_MODEL_DIR, Settings, configuration_markdown
+from deepscreen.errors import ConfigError, PermanentError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_describe_the_embedded_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.data_dir == tmp_path / ".deepscreen"
+    assert settings.database_url == f"sqlite:///{tmp_path}/.deepscreen/deepscreen.sqlite3"
+    assert settings.is_sqlite
+    assert settings.broker_url == "filesystem://"
+    assert settings.queue_dir == tmp_path / ".deepscreen" / "queue"
+    options = settings.broker_transport_options
+    assert options["data_folder_in"] == options["data_folder_out"]
+    assert Path(options["data_folder_in"]).is_relative_to(settings.queue_dir)
+    assert settings.s3_addressing == "path"
+    assert settings.s3_endpoint_url is None
+    assert settings.model_dir == PACKAGED_MODEL_DIR
+    assert settings.classify_batch_size == 16
+    assert settings.inference_threads == 1
+
+
+def test_defaults_match_the_imaging_limits() -> None:
+    settings = Settings()
+    assert settings.max_image_bytes == imaging.DEFAULT_MAX_BYTES
+    assert settings.max_image_pixels == imaging.DEFAULT_MAX_PIXELS
+
+
+def test_every_variable_is_read(tmp_path: Path) -> None:
+    env = {
+        "DEEPSCREEN_DATA_DIR": str(tmp_path / "d"),
+        "DEEPSCREEN_DATABASE_URL": "postgresql+psycopg://u:p@db/deepscreen",
+        "DEEPSCREEN_BROKER_URL": "redis://redis:6379/0",
+        "DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT": "7200",
+        "DEEPSCREEN_S3_ENDPOINT_URL": "http://seaweedfs:8333",
+        "DEEPSCREEN_S3_REGION": "eu-west-1",
+        "DEEPSCREEN_S3_ACCESS_KEY_ID": "AKIA",
+        "DEEPSCREEN_S3_SECRET_ACCESS_KEY": "s3cr3t",
+        "DEEPSCREEN_S3_ADDRESSING": "virtual",
+        "DEEPSCREEN_S3_CONNECT_TIMEOUT": "1.5",
+        "DEEPSCREEN_S3_READ_TIMEOUT": "9",
+        "DEEPSCREEN_S3_MAX_ATTEMPTS": "1",
+        "DEEPSCREEN_URL_EXPIRES": "60",
+        "DEEPSCREEN_MODEL_DIR": str(tmp_path / "model"),
+        "DEEPSCREEN_CLASSIFY_BATCH_SIZE": "32",
+        "DEEPSCREEN_MAX_IMAGE_BYTES": "1000",
+        "DEEPSCREEN_MAX_IMAGE_PIXELS": "2000",
+        "DEEPSCREEN_INFERENCE_THREADS": "2",
+        "DEEPSCREEN_IMAGE_SUFFIXES": "JPG, .png,webp",
+        "DEEPSCREEN_WORKER_CONCURRENCY": "3",
+        "DEEPSCREEN_TASK_SOFT_TIME_LIMIT": "10",
+        "DEEPSCREEN_TASK_TIME_LIMIT": "20",
+        "DEEPSCREEN_TASK_MAX_RETRIES": "0",
+        "DEEPSCREEN_SCAN_URLS": "s3://a/in/, file:///srv/photos",
+        "DEEPSCREEN_SCAN_INTERVAL": "30",
+        "DEEPSCREEN_RECONCILE_INTERVAL": "15",
+        "DEEPSCREEN_RECONCILE_AFTER": "120",
+    }
+    settings = Settings.from_env(env)
+    # Every field has a variable, and this test sets every one of them.
+    assert {f.metadata["env"] for f in dataclasses.fields(Settings)} == set(env)
+    defaults = Settings()
+    for f in dataclasses.fields(Settings):
+        assert getattr(settings, f.name) != getattr(defaults, f.name), f.metadata["env"]
+    assert settings.image_suffixes == (".jpg", ".png", ".webp")
+    assert settings.scan_urls == ("s3://a/in/", "file:///srv/photos")
+    assert settings.s3_connect_timeout == 1.5
+    assert settings.broker_transport_options == {"visibility_timeout": 7200}
+    assert not settings.is_sqlite
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().classify_batch_size = 1  # type: ignore[misc]
+
+
+def test_secret_is_not_in_repr() -> None:
+    assert "s3cr3t" not in repr(Settings(s3_secret_access_key="s3cr3t"))
+
+
+def test_empty_values_mean_default() -> None:
+    settings = Settings.from_env(
+        {"DEEPSCREEN_CLASSIFY_BATCH_SIZE": "", "DEEPSCREEN_S3_REGION": " "}
+    )
+    assert settings.classify_batch_size == 16
+    assert settings.s3_region == "us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DEEPSCREEN_CLASSIFY_BATCH_SIZE", "many", "not a valid int"),
+        ("DEEPSCREEN_CLASSIFY_BATCH_SIZE", "0", "must be at least 1"),
+        ("DEEPSCREEN_MAX_IMAGE_BYTES", "-5", "must be at least 1"),
+        ("DEEPSCREEN_S3_READ_TIMEOUT", "soon", "not a valid float"),
+        ("DEEPSCREEN_S3_READ_TIMEOUT", "nan", "finite"),
+        ("DEEPSCREEN_S3_ADDRESSING", "dns", "must be one of: path, virtual, auto"),
+        (
+            "DEEPSCREEN_TASK_TIME_LIMIT",
+            "100",
+            "must be greater than DEEPSCREEN_TASK_SOFT_TIME_LIMIT",
+        ),
+        ("DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT", "60", "must be greater than DEEPSCREEN_TASK_TIME"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+    assert isinstance(info.value, PermanentError)
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigError, match="DEEPSCREEN_INFERENCE_THREADS"):
+        Settings(inference_threads=0)
+
+
+def test_unknown_variables_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="deepscreen.config"):
+        Settings.from_env({"DEEPSCREEN_DATABSE_URL": "typo", "PATH": "/bin"})
+    assert "DEEPSCREEN_DATABSE_URL" in caplog.text
+    assert "PATH" not in caplog.text
+
+
+def test_from_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPSCREEN_CLASSIFY_BATCH_SIZE", "5")
+    assert Settings.from_env().classify_batch_size == 5
+
+
+def test_markdown_table_documents_every_variable() -> None:
+    table = configuration_markdown()
+    lines = table.strip().splitlines()
+    assert lines[0] == "| Variable | Default | Meaning |"
+    for f in dataclasses.fields(Settings):
+        assert f"| `{f.metadata['env']}` |" in table
+    assert len(lines) == 2 + len(dataclasses.fields(Settings))
+
+
+def test_docs_configuration_is_up_to_date() -> None:
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert configuration_markdown() in doc, "regenerate the table in docs/configuration.md"
+
+
+def test_nothing_else_reads_the_environment() -> None:
+    """Only deepscreen/config.py may touch os.environ or os.getenv."""
+    offenders = []
+    for path in sorted((REPO / "deepscreen").rglob("*.py")):
+        if path.name == "config.py" and path.parent.name == "deepscreen":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
