@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="MobileNetV2 width of the Keras baseline, to match the served model "
-        "(default: the card's hparams, else HParams())",
+        "(default: the card's hyperparameters, else HParams())",
     )
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
     return parser.parse_args(argv)
@@ -214,12 +214,14 @@ def build_keras_model(card: dict[str, Any], alpha: float | None) -> tuple[Any, s
             f"fallback MobileNetV2 alpha={fallback_alpha} ({exc})",
         )
     known = {f.name for f in dataclasses.fields(HParams)}
-    overrides = {k: v for k, v in card.get("hparams", {}).items() if k in known}
+    # training/export.py records the run's HParams in the card as "hyperparameters".
+    recorded = card.get("hyperparameters") or {}
+    overrides = {k: v for k, v in recorded.items() if k in known}
     overrides["image_size"] = height
     if alpha is not None:
         overrides["alpha"] = alpha
     hp = dataclasses.replace(HParams(), **overrides)
-    source = "card hparams" if "hparams" in card else "HParams() defaults"
+    source = "card hyperparameters" if recorded else "HParams() defaults"
     if alpha is not None:
         source += ", --alpha"
     return (
