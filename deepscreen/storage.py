@@ -165,7 +165,7 @@ def make_s3_client(settings: Settings) -> BaseClient:
         s3={"addressing_style": settings.s3_addressing},
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
-        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.s3_max_attempts, "mode": "standard"},
     )
     return boto3.session.Session().client(
         "s3",

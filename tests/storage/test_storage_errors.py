@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
@@ -114,10 +114,14 @@ def test_unreachable_endpoint_is_transient() -> None:
 
 
 class _ErrorServer(BaseHTTPRequestHandler):
-    """Answers every request with the status and S3 error code in the path's first part."""
+    """Answers with the status and S3 error code named by the bucket: ``/503-SlowDown[-x]/key``."""
+
+    #: Paths requested so far, across all instances.
+    requests: ClassVar[list[str]] = []
 
     def _answer(self) -> None:
-        status, _, code = self.path.lstrip("/").split("/")[0].partition("-")
+        self.requests.append(self.path)
+        status, code = self.path.lstrip("/").split("/")[0].split("-")[:2]
         body = (
             f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>test</Message></Error>"
         ).encode()
@@ -180,3 +184,20 @@ def test_local_missing_root_is_bucket_not_found(tmp_path: Path) -> None:
         store.get("a.jpg")
     with pytest.raises(BucketNotFound):
         store.put("a.jpg", b"x")
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_s3_max_attempts_counts_every_request(error_endpoint: str, attempts: int) -> None:
+    # Given a store allowed `attempts` tries per call and an endpoint that is always busy
+    settings = Settings(
+        s3_endpoint_url=error_endpoint,
+        s3_access_key_id="key",
+        s3_secret_access_key="secret",
+        s3_max_attempts=attempts,
+    )
+    bucket = f"503-SlowDown-{secrets.token_hex(4)}"
+    # When one GET fails
+    with pytest.raises(StorageUnavailable):
+        S3Store(bucket, make_s3_client(settings)).get("key.jpg")
+    # Then the endpoint saw exactly that many requests
+    assert sum(path.startswith(f"/{bucket}/") for path in _ErrorServer.requests) == attempts
