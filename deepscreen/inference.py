@@ -145,8 +145,8 @@ class Classifier:
     def classify(self, items: Sequence[bytes]) -> list[Prediction | ImageError]:
         """Classify encoded images; a bad one yields its ImageError in its place.
 
-        Images are decoded and inferred ``max_batch`` at a time, so memory stays
-        bounded however many items are passed.
+        Images are decoded and inferred ``max_batch`` at a time, so decoded pixels
+        for at most one batch are held however many items are passed.
         """
         results: list[Prediction | ImageError | None] = [None] * len(items)
         pending: list[tuple[int, np.ndarray]] = []
