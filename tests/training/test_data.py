@@ -1,0 +1,128 @@
+"""Dataset readers and splits, on generated trees of every layout."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepscreen.imaging import Preprocessing
+from training.data import (
+    count_table,
+    load_pixels,
+    read_140k,
+    read_ciplab,
+    read_manifest,
+    read_source,
+    read_tree,
+    split_samples,
+)
+
+from .conftest import SHARED_DATA, requires_shared, write_images
+
+
+@pytest.fixture
+def ciplab_root(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "real_and_fake_face"
+    write_images(root / "training_real", 10, False, rng, "real_")
+    for grade in ("easy", "mid", "hard"):
+        write_images(root / "training_fake", 4, True, rng, f"{grade}_")
+    return tmp_path
+
+
+@pytest.fixture
+def k140_root(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    base = tmp_path / "real_vs_fake" / "real-vs-fake"
+    for split, n in (("train", 6), ("valid", 3), ("test", 2)):
+        for label in ("real", "fake"):
+            write_images(base / split / label, n, label == "fake", rng, f"{split}{label}")
+    return tmp_path
+
+
+def test_ciplab_reader_labels_and_difficulty(ciplab_root: Path) -> None:
+    samples = read_ciplab(ciplab_root)
+    assert Counter(s.label for s in samples) == {0: 10, 1: 12}
+    assert Counter(s.difficulty for s in samples if s.label == 1) == {"easy": 4, "mid": 4, "hard": 4}
+    assert all(s.source == "ciplab" and s.split is None for s in samples)
+
+
+def test_140k_reader_keeps_the_layouts_splits(k140_root: Path) -> None:
+    samples = read_140k(k140_root)
+    counts = Counter((s.split, s.label) for s in samples)
+    assert counts == {("train", 0): 6, ("train", 1): 6, ("valid", 0): 3, ("valid", 1): 3,
+                      ("test", 0): 2, ("test", 1): 2}
+    splits = split_samples(samples, 0.5, seed=1)
+    assert len(splits["valid"]) == 6 and len(splits["test"]) == 4
+
+
+def test_tree_and_manifest_readers(tmp_path: Path, synthetic_tree: Path) -> None:
+    tree = read_tree(synthetic_tree)
+    assert Counter(s.label for s in tree) == {0: 120, 1: 120}
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for s in tree[:5] + tree[-5:]:
+            w.writerow([str(s.path), "real" if s.label == 0 else "fake", "valid" if s.label else ""])
+    rows = read_manifest(manifest)
+    assert [r.label for r in rows] == [0] * 5 + [1] * 5
+    assert [r.split for r in rows] == [None] * 5 + ["valid"] * 5
+
+
+def test_manifest_rejects_unknown_labels(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\na.jpg,maybe\n")
+    with pytest.raises(ValueError, match="unknown label"):
+        read_manifest(bad)
+
+
+def test_read_source_detects_layouts_and_combines(ciplab_root: Path, k140_root: Path) -> None:
+    # Given one folder that holds both Kaggle layouts (like ../shared/data)
+    # When it is read without a kind
+    samples = read_source(str(ciplab_root))
+    # Then both sources come back
+    assert {s.source for s in samples} == {"ciplab", "ffhq-stylegan"}
+    assert len(read_source(f"ciplab:{ciplab_root}")) == 22
+    with pytest.raises(FileNotFoundError):
+        read_source(str(ciplab_root / "real_and_fake_face" / "training_real"))
+
+
+def test_split_is_stratified_deterministic_and_stable(synthetic_tree: Path) -> None:
+    samples = read_tree(synthetic_tree)
+    a = split_samples(samples, 0.25, seed=3)
+    b = split_samples(list(reversed(samples)), 0.25, seed=3)
+    assert {s.path for s in a["valid"]} == {s.path for s in b["valid"]}
+    assert Counter(s.label for s in a["valid"]) == {0: 30, 1: 30}
+    # Adding files never moves an existing file across the split.
+    more = split_samples(samples + read_tree(synthetic_tree, source="other"), 0.25, seed=3)
+    assert {s.path for s in a["valid"]} <= {s.path for s in more["valid"]}
+    assert {s.path for s in split_samples(samples, 0.25, seed=4)["valid"]} != {s.path for s in a["valid"]}
+    assert "tree" in count_table(a) or synthetic_tree.name in count_table(a)
+
+
+def test_load_pixels_drops_unreadable_files_with_reasons(synthetic_tree: Path, tmp_path: Path) -> None:
+    samples = read_tree(synthetic_tree)[:3]
+    broken = tmp_path / "real" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    from training.data import Sample
+
+    loaded = load_pixels(samples + [Sample(broken, 0, "x")], Preprocessing(height=32, width=32))
+    assert loaded.pixels.shape == (3, 32, 32, 3) and loaded.pixels.dtype == np.uint8
+    assert [p for p, _ in loaded.failed] == [broken]
+
+
+@requires_shared
+def test_shared_data_counts_match_its_readme() -> None:
+    samples = read_source(str(SHARED_DATA))
+    counts = Counter((s.source, s.split, s.label) for s in samples)
+    assert counts[("ciplab", None, 0)] == 877 and counts[("ciplab", None, 1)] == 750
+    assert counts[("ffhq-stylegan", "train", 0)] == 1200 and counts[("ffhq-stylegan", "train", 1)] == 1200
+    assert counts[("ffhq-stylegan", "valid", 0)] == 300 and counts[("ffhq-stylegan", "valid", 1)] == 300
+    grades = Counter(s.difficulty for s in samples if s.source == "ciplab" and s.label == 1)
+    assert set(grades) == {"easy", "mid", "hard"} and sum(grades.values()) == 750

@@ -1,0 +1,188 @@
+"""`deepscreen train`, `deepscreen evaluate` and `deepscreen export`.
+
+Registered on the `deepscreen` script through entry points. Registration imports
+nothing heavy; TensorFlow is imported only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DATA_HELP = (
+    "dataset: a folder with a known layout (ciplab real_and_fake_face/, 140k real-vs-fake/, "
+    "or real/ + fake/), a CSV manifest (path,label[,source][,split]), or kind:path with kind "
+    "ciplab, 140k, tree or csv; repeat to combine sources"
+)
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _hparams(args: argparse.Namespace):
+    from training.hparams import load_hparams
+
+    overrides = _overrides(args.set or [])
+    if getattr(args, "weights", None):
+        overrides["weights"] = args.weights
+    try:
+        return load_hparams(args.hparams, overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"deepscreen: bad hyperparameters: {exc}") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE", help=DATA_HELP)
+    p.add_argument("--hparams", type=Path, help="hyperparameter TOML (default training/hparams.toml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one hyperparameter")
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train, evaluate and export a model (needs the training extra)")
+    _add_common(p)
+    p.add_argument("--weights", help='backbone init: "imagenet", "none" or a .weights.h5 path')
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (tflite, card, report)")
+    p.add_argument("--work-dir", type=Path, help="checkpoint folder (default runs/<time>)")
+    p.add_argument("--no-export", action="store_true", help="train and save the Keras model only")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import time
+
+    from training.export import export
+    from training.train import QualityGateFailed, train
+
+    hp = _hparams(args)
+    work = args.work_dir or Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    started = time.monotonic()
+    try:
+        result = train(args.data, hp, work)
+    except QualityGateFailed as exc:
+        print(f"deepscreen: quality gate: {exc}", file=sys.stderr)
+        return 3
+    print(f"Keras model saved to {work / 'model.keras'}")
+    if args.no_export:
+        return 0
+    info = {
+        "command": "deepscreen " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "train_wall_time_s": round(result.wall_time_s, 1),
+        "val_auc_keras": result.val_auc,
+        "history": result.history,
+        "machine": _machine(),
+    }
+    card = export(result.model, result.valid, hp, args.out, sources=result.sources, training_info=info)
+    total = time.monotonic() - started
+    card["training"]["total_wall_time_s"] = round(total, 1)
+    (args.out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    _print_summary(card)
+    print(f"model written to {args.out} in {total:.0f} s")
+    return 0
+
+
+def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="measure an exported model on labelled data")
+    _add_common(p)
+    p.add_argument("--model", type=Path, help="model directory (default: the packaged model)")
+    p.add_argument("--split", choices=("train", "valid", "test", "all"), default="valid",
+                   help="which split of the data to score (default valid, as split in training)")
+    p.add_argument("--out", type=Path, help="write report.md, metrics.json and plots here")
+    p.add_argument("--threads", type=int, help="LiteRT threads")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from deepscreen.errors import ModelError
+    from deepscreen.inference import Classifier
+    from training.data import load_pixels, read_source, split_samples
+    from training.evaluate import evaluate_scores, markdown_report, write_plots
+
+    hp = _hparams(args)
+    try:
+        clf = Classifier(args.model, num_threads=args.threads)
+    except ModelError as exc:
+        raise SystemExit(f"deepscreen: {exc}") from None
+    samples = [s for spec in args.data for s in read_source(spec)]
+    splits = split_samples(samples, hp.val_fraction, hp.seed)
+    chosen = samples if args.split == "all" else splits[args.split]
+    loaded = load_pixels(chosen, clf.preprocessing)
+    scores = clf.predict_pixels(loaded.pixels)
+    ev = evaluate_scores(scores, loaded.samples, clf.threshold)
+    _print_metrics(ev.to_dict())
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
+        write_plots(scores, loaded.samples, clf.threshold, args.out)
+        (args.out / "report.md").write_text(markdown_report(ev, f"Evaluation of {clf.version[:12]}"))
+        print(f"report written to {args.out}")
+    for path, reason in loaded.failed:
+        print(f"unreadable {path}: {reason}")
+    return 0
+
+
+def register_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export a saved Keras model to TFLite with a parity check")
+    _add_common(p)
+    p.add_argument("--keras", type=Path, required=True, help="model.keras from a training run")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--dtype", choices=("float16", "float32"), help="TFLite weight type")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import keras
+
+    from training.data import load_pixels, read_source, split_samples
+    from training.export import ParityError, export
+    from training.train import describe_sources, preprocessing_for
+
+    if args.dtype:
+        args.set = [*(args.set or []), f"export_dtype={args.dtype}"]
+    hp = _hparams(args)
+    model = keras.models.load_model(args.keras)
+    samples = [s for spec in args.data for s in read_source(spec)]
+    splits = split_samples(samples, hp.val_fraction, hp.seed)
+    valid = load_pixels(splits["valid"], preprocessing_for(hp))
+    try:
+        card = export(model, valid, hp, args.out, sources=describe_sources(splits),
+                      training_info={"exported_from": str(args.keras), "machine": _machine()})
+    except ParityError as exc:
+        print(f"deepscreen: export refused: {exc}", file=sys.stderr)
+        return 3
+    _print_summary(card)
+    return 0
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    return {"cpus": os.cpu_count(), "processor": platform.machine(), "system": platform.system()}
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    print(f"{'set':<28} {'n':>5} {'AUC':>6} {'acc@op':>7} {'acc@.5':>7} {'FPR@op':>7}")
+    rows = [("all", metrics["overall"])] + list(metrics["per_source"].items()) + [
+        (f"ciplab {g}", m) for g, m in metrics["per_ciplab_difficulty"].items()
+    ]
+    for name, m in rows:
+        op, half = m["operating"], m["half"]
+        auc = "n/a" if op["roc_auc"] is None else f"{op['roc_auc']:.3f}"
+        print(f"{name:<28} {op['n']:>5} {auc:>6} {op['accuracy']:>7.3f} {half['accuracy']:>7.3f} {op['fpr']:>7.3f}")
+
+
+def _print_summary(card: dict[str, Any]) -> None:
+    print(f"model {card['version'][:12]}  threshold {card['threshold']:.4f}  "
+          f"size {card['export']['size_bytes'] / 1e6:.2f} MB  parity max diff {card['parity']['max_abs_score_diff']:.5f}")
+    _print_metrics(card["metrics"]["validation"])

@@ -1,0 +1,213 @@
+"""Dataset readers, deterministic splits and pixel loading.
+
+Four layouts are read: the Kaggle ciplab set (`training_real/`, `training_fake/`),
+the Kaggle "140k Real and Fake Faces" set (`real-vs-fake/{train,valid,test}/{real,fake}`),
+a generic `<root>/{real,fake}/` tree and a CSV manifest (`path,label[,source][,split]`).
+Pixels are decoded with `deepscreen.imaging.decode_image`, the serving code's own
+function, so training sees exactly what production sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepscreen.errors import ImageError
+from deepscreen.imaging import Preprocessing, decode_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+LABELS = ("real", "fake")  # index = class id; the model outputs P(fake)
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 real, 1 fake
+    source: str
+    #: "easy"/"mid"/"hard" for ciplab fakes, "" otherwise.
+    difficulty: str = ""
+    #: The split the layout itself assigns, or None to be assigned by `split_samples`.
+    split: str | None = None
+
+
+def label_id(name: str) -> int:
+    try:
+        return LABELS.index(name.strip().lower())
+    except ValueError:
+        raise ValueError(f"unknown label {name!r}; expected one of {LABELS}") from None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_ciplab(root: Path, source: str = "ciplab") -> list[Sample]:
+    """Kaggle "Real and Fake Face Detection": training_real/ and training_fake/{easy,mid,hard}_*."""
+    root = Path(root)
+    if (root / "real_and_fake_face").is_dir():
+        root = root / "real_and_fake_face"
+    real_dir, fake_dir = root / "training_real", root / "training_fake"
+    if not real_dir.is_dir() or not fake_dir.is_dir():
+        raise FileNotFoundError(f"{root} has no training_real/ and training_fake/ folders")
+    samples = [Sample(p, 0, source) for p in _images(real_dir)]
+    for p in _images(fake_dir):
+        difficulty = p.name.split("_", 1)[0].lower()
+        samples.append(Sample(p, 1, source, difficulty if difficulty in ("easy", "mid", "hard") else ""))
+    return samples
+
+
+def read_140k(root: Path, source: str = "ffhq-stylegan") -> list[Sample]:
+    """Kaggle "140k Real and Fake Faces": real-vs-fake/{train,valid,test}/{real,fake}/."""
+    root = Path(root)
+    for candidate in (root / "real_vs_fake" / "real-vs-fake", root / "real-vs-fake", root):
+        if any((candidate / s).is_dir() for s in SPLITS):
+            root = candidate
+            break
+    else:
+        raise FileNotFoundError(f"{root} has no real-vs-fake/{{train,valid,test}} folders")
+    samples = []
+    for split in SPLITS:
+        for name in LABELS:
+            folder = root / split / name
+            if folder.is_dir():
+                samples += [Sample(p, label_id(name), source, "", split) for p in _images(folder)]
+    return samples
+
+
+def read_tree(root: Path, source: str | None = None) -> list[Sample]:
+    """A generic tree: <root>/real/** and <root>/fake/**."""
+    root = Path(root)
+    if not (root / "real").is_dir() or not (root / "fake").is_dir():
+        raise FileNotFoundError(f"{root} has no real/ and fake/ folders")
+    source = source or root.name
+    return [Sample(p, label_id(n), source) for n in LABELS for p in _images(root / n)]
+
+
+def read_manifest(csv_path: Path, source: str | None = None) -> list[Sample]:
+    """A CSV manifest with columns path,label and optionally source and split.
+
+    Relative paths are taken from the CSV file's folder.
+    """
+    csv_path = Path(csv_path)
+    samples = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{csv_path} needs the columns path,label")
+        for row in reader:
+            path = Path(row["path"])
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            split = (row.get("split") or "").strip() or None
+            if split is not None and split not in SPLITS:
+                raise ValueError(f"{csv_path}: unknown split {split!r}")
+            samples.append(
+                Sample(path, label_id(row["label"]), row.get("source") or source or csv_path.stem,
+                       "", split)
+            )
+    return samples
+
+
+def read_source(spec: str) -> list[Sample]:
+    """Read one source. ``spec`` is ``kind:path`` (kind ciplab, 140k, tree, csv) or a
+    path whose layout is recognised; a folder holding both Kaggle layouts yields both."""
+    kind, _, rest = spec.partition(":")
+    readers = {"ciplab": read_ciplab, "140k": read_140k, "tree": read_tree, "csv": read_manifest}
+    if kind in readers and rest:
+        return readers[kind](Path(rest))
+    path = Path(spec)
+    if path.suffix.lower() == ".csv":
+        return read_manifest(path)
+    found: list[Sample] = []
+    if (path / "training_real").is_dir() or (path / "real_and_fake_face").is_dir():
+        found += read_ciplab(path)
+    if any((c / "real-vs-fake").is_dir() for c in (path, path / "real_vs_fake")) or path.name == "real-vs-fake":
+        found += read_140k(path)
+    if not found and (path / "real").is_dir():
+        found = read_tree(path)
+    if not found:
+        raise FileNotFoundError(f"no known dataset layout under {path}")
+    return found
+
+
+def _stable_key(seed: int, sample: Sample) -> str:
+    tail = "/".join(sample.path.parts[-3:])
+    return hashlib.sha256(f"{seed}:{sample.source}:{tail}".encode()).hexdigest()
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> dict[str, list[Sample]]:
+    """Train/valid/test lists. Layout-given splits are kept; the rest is split per
+    (source, label, difficulty) stratum by a hash of the file's path, so the split is
+    the same on every machine and a file keeps its side when others are added."""
+    out: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    strata: dict[tuple[str, int, str], list[Sample]] = {}
+    for s in samples:
+        if s.split:
+            out[s.split].append(s)
+        else:
+            strata.setdefault((s.source, s.label, s.difficulty), []).append(s)
+    for members in strata.values():
+        members = sorted(members, key=lambda s: _stable_key(seed, s))
+        n_val = int(round(len(members) * val_fraction))
+        if len(members) > 1:
+            n_val = max(1, min(n_val, len(members) - 1))
+        out["valid"] += members[:n_val]
+        out["train"] += members[n_val:]
+    return out
+
+
+def count_table(splits: dict[str, list[Sample]]) -> str:
+    """Counts per split, source and label, as printable text."""
+    counts = Counter((split, s.source, LABELS[s.label]) for split, ss in splits.items() for s in ss)
+    sources = sorted({k[1] for k in counts})
+    lines = [f"{'split':<6} {'source':<16} {'real':>6} {'fake':>6}"]
+    for split in SPLITS:
+        for src in sources:
+            r, f = counts[(split, src, "real")], counts[(split, src, "fake")]
+            if r or f:
+                lines.append(f"{split:<6} {src:<16} {r:>6} {f:>6}")
+    return "\n".join(lines)
+
+
+@dataclass
+class LoadedSplit:
+    """Decoded pixels for a list of samples; unreadable files are dropped and reported."""
+
+    samples: list[Sample]
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int
+    failed: list[tuple[Path, str]]
+
+
+def load_pixels(samples: list[Sample], prep: Preprocessing, workers: int = 4) -> LoadedSplit:
+    """Decode every sample with the serving decoder (threads; Pillow releases the GIL)."""
+
+    def one(sample: Sample) -> np.ndarray | str:
+        try:
+            return decode_image(sample.path.read_bytes(), prep).pixels
+        except (OSError, ImageError) as exc:  # a bad file must not stop a training run
+            return f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, samples))
+    kept, arrays, failed = [], [], []
+    for sample, res in zip(samples, results):
+        if isinstance(res, str):
+            failed.append((sample.path, res))
+            log.warning("skipping %s: %s", sample.path, res)
+        else:
+            kept.append(sample)
+            arrays.append(res)
+    pixels = np.stack(arrays) if arrays else np.zeros((0, prep.height, prep.width, 3), np.uint8)
+    labels = np.array([s.label for s in kept], dtype=np.int64)
+    return LoadedSplit(kept, pixels, labels, failed)

@@ -1,0 +1,167 @@
+"""Metrics, the operating threshold, plots and the Markdown report.
+
+Everything here works on plain arrays of scores, so it evaluates Keras and TFLite
+outputs alike and needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+from training.data import LABELS, Sample
+
+
+def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float:
+    """A threshold whose false-positive rate on real images is <= target_fpr.
+
+    A score >= threshold means "fake". The threshold sits halfway between the
+    highest real score that must stay below it and the next score above, so small
+    numeric differences (Keras vs TFLite) do not flip labels at the boundary.
+    """
+    real = np.sort(scores[labels == 0])
+    if len(real) == 0:
+        return 0.5
+    allowed = int(np.floor(target_fpr * len(real)))  # reals that may score >= threshold
+    if allowed >= len(real):
+        return float(real[0])
+    below = float(real[len(real) - 1 - allowed])
+    above = scores[scores > below]
+    upper = float(above.min()) if len(above) else min(1.0, below + 1e-3)
+    return (below + upper) / 2
+
+
+def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1, FPR, ROC-AUC and the confusion matrix at ``threshold``."""
+    pred = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel().tolist()
+    n = len(labels)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    both = len(set(labels.tolist())) == 2
+    return {
+        "n": n,
+        "threshold": round(float(threshold), 6),
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "fpr": fp / (fp + tn) if fp + tn else 0.0,
+        "roc_auc": float(roc_auc_score(labels, scores)) if both else None,
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one model on one labelled set, overall and per group."""
+
+    threshold: float
+    overall: dict[str, dict[str, Any]]  # {"operating": ..., "half": ...}
+    per_source: dict[str, dict[str, dict[str, Any]]]
+    per_difficulty: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "overall": self.overall,
+            "per_source": self.per_source,
+            "per_ciplab_difficulty": self.per_difficulty,
+        }
+
+
+def evaluate_scores(
+    scores: np.ndarray, samples: Sequence[Sample], threshold: float
+) -> Evaluation:
+    """Metrics at the operating threshold and at 0.5, overall, per source and per
+    ciplab difficulty (each fake grade measured against all of its source's reals)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+
+    def both(mask: np.ndarray) -> dict[str, dict[str, Any]]:
+        return {
+            "operating": binary_metrics(scores[mask], labels[mask], threshold),
+            "half": binary_metrics(scores[mask], labels[mask], 0.5),
+        }
+
+    everything = np.ones(len(samples), bool)
+    per_source = {src: both(sources == src) for src in sorted(set(sources.tolist()))}
+    per_difficulty = {}
+    for grade in ("easy", "mid", "hard"):
+        fakes = np.array([s.difficulty == grade for s in samples])
+        if fakes.any():
+            src = samples[int(np.argmax(fakes))].source
+            mask = fakes | ((sources == src) & (labels == 0))
+            per_difficulty[grade] = both(mask)
+    return Evaluation(threshold, both(everything), per_source, per_difficulty)
+
+
+def write_plots(scores: np.ndarray, samples: Sequence[Sample], threshold: float, out: Path) -> list[str]:
+    """ROC curves (overall and per source) and the confusion matrix as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, mask in [("all", np.ones(len(labels), bool))] + [
+        (src, sources == src) for src in sorted(set(sources.tolist()))
+    ]:
+        if len(set(labels[mask].tolist())) == 2:
+            fpr, tpr, _ = roc_curve(labels[mask], scores[mask])
+            auc = roc_auc_score(labels[mask], scores[mask])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false-positive rate (real flagged)", ylabel="true-positive rate", title="ROC, validation")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+
+    cm = confusion_matrix(labels, (scores >= threshold).astype(int), labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set_xticks([0, 1], [f"pred {LABELS[0]}", f"pred {LABELS[1]}"])
+    ax.set_yticks([0, 1], [f"true {LABELS[0]}", f"true {LABELS[1]}"])
+    ax.set_title(f"Confusion at threshold {threshold:.3f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=100)
+    plt.close(fig)
+    return ["roc.png", "confusion.png"]
+
+
+def _row(name: str, m: dict[str, Any]) -> str:
+    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+    return (f"| {name} | {m['n']} | {auc} | {m['accuracy']:.3f} | {m['precision']:.3f} | "
+            f"{m['recall']:.3f} | {m['f1']:.3f} | {m['fpr']:.3f} |")
+
+
+def markdown_report(ev: Evaluation, title: str, extra: dict[str, Any] | None = None) -> str:
+    """The human-readable report stored beside the model."""
+    head = "| set | n | ROC-AUC | accuracy | precision | recall | F1 | FPR |\n|---|---|---|---|---|---|---|---|"
+    lines = [f"# {title}", ""]
+    for key, caption in (("operating", f"at the operating threshold {ev.threshold:.4f}"),
+                         ("half", "at threshold 0.5")):
+        lines += [f"## Validation metrics {caption}", "", head, _row("all", ev.overall[key])]
+        lines += [_row(src, m[key]) for src, m in ev.per_source.items()]
+        lines += [_row(f"ciplab {g} fakes vs reals", m[key]) for g, m in ev.per_difficulty.items()]
+        lines.append("")
+    c = ev.overall["operating"]["confusion"]
+    lines += ["## Confusion matrix (operating threshold)", "",
+              "| | predicted real | predicted fake |", "|---|---|---|",
+              f"| real | {c['tn']} | {c['fp']} |", f"| fake | {c['fn']} | {c['tp']} |", "",
+              "![ROC](roc.png) ![confusion](confusion.png)", ""]
+    if extra:
+        lines += ["## Run", "", "```json", json.dumps(extra, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""The one frozen hyperparameter set for training, with documented defaults.
+
+Defaults live here; `training/hparams.toml` restates them for people who tune,
+and `load_hparams` reads any such file (flat keys, unknown keys refused).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HPARAMS_FILE = Path(__file__).with_name("hparams.toml")
+
+
+@dataclass(frozen=True)
+class HParams:
+    # --- model ---
+    #: Square input side in pixels; 256 keeps the shared data at native resolution.
+    image_size: int = 256
+    #: MobileNetV2 width multiplier.
+    alpha: float = 1.0
+    #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.
+    weights: str = "imagenet"
+    #: Dropout before the single sigmoid unit.
+    dropout: float = 0.3
+
+    # --- optimisation ---
+    batch_size: int = 32
+    #: Phase 1: backbone frozen, head only.
+    head_epochs: int = 3
+    head_learning_rate: float = 1e-3
+    #: Phase 2: fine-tune the backbone from `fine_tune_from` upward, low learning rate.
+    fine_tune_epochs: int = 8
+    fine_tune_learning_rate: float = 1e-4
+    #: First backbone layer trained in phase 2: a layer name or an index.
+    fine_tune_from: str = "block_6_expand"
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    #: Early stopping on validation ROC-AUC (phase 2), best weights restored.
+    early_stopping_patience: int = 3
+    seed: int = 1337
+
+    # --- data ---
+    #: Share of each (source, label, difficulty) stratum held out when a layout has no split.
+    val_fraction: float = 0.15
+    #: Weight samples so both classes count equally.
+    class_weighting: bool = True
+    #: Weight samples so every source counts equally (a small hard source is not drowned).
+    balance_sources: bool = True
+
+    # --- augmentation ---
+    augment: bool = True
+    flip: bool = True
+    #: Random square crop of this share of the side (or more), resized back.
+    crop_min_scale: float = 0.85
+    #: Chance of a JPEG re-compression at a random quality in [min, max].
+    jpeg_probability: float = 0.3
+    jpeg_quality_min: int = 60
+    jpeg_quality_max: int = 100
+    #: Brightness, contrast and saturation jitter amplitude (0.1 = +-10 %).
+    color_jitter: float = 0.08
+
+    # --- evaluation, gate, export ---
+    #: Operating threshold chosen on validation so real faces are flagged at most this often.
+    target_fpr: float = 0.05
+    #: "fpr" (threshold at target_fpr) or "half" (0.5) becomes the card's operating threshold.
+    threshold_policy: str = "fpr"
+    #: Training fails without exporting below this validation ROC-AUC.
+    min_val_auc: float = 0.75
+    #: "float16" (default) or "float32" TFLite weights.
+    export_dtype: str = "float16"
+    #: Largest |Keras - TFLite| score difference the export tolerates.
+    parity_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.export_dtype not in ("float16", "float32"):
+            raise ValueError(f"export_dtype must be float16 or float32, not {self.export_dtype!r}")
+        if self.threshold_policy not in ("fpr", "half"):
+            raise ValueError(f"threshold_policy must be fpr or half, not {self.threshold_policy!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError("val_fraction must be in (0, 1)")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ValueError("crop_min_scale must be in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> HParams:
+        """A copy with ``overrides`` applied, values coerced to the field types."""
+        types = {f.name: f.type for f in fields(self)}
+        unknown = set(overrides) - set(types)
+        if unknown:
+            raise ValueError(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
+        coerced = {k: _coerce(types[k], v) for k, v in overrides.items()}
+        return replace(self, **coerced)
+
+
+def _coerce(type_name: Any, value: Any) -> Any:
+    name = type_name if isinstance(type_name, str) else type_name.__name__
+    if not isinstance(value, str):
+        return float(value) if name == "float" and isinstance(value, int) else value
+    if name == "bool":
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if name == "int":
+        return int(value)
+    if name == "float":
+        return float(value)
+    return value
+
+
+def load_hparams(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> HParams:
+    """HParams from a TOML file (default: training/hparams.toml) plus overrides."""
+    values: dict[str, Any] = {}
+    path = Path(path) if path else DEFAULT_HPARAMS_FILE
+    if path.exists():
+        with path.open("rb") as fh:
+            values = tomllib.load(fh)
+    elif path != DEFAULT_HPARAMS_FILE:
+        raise FileNotFoundError(path)
+    values.update(overrides or {})
+    return HParams().with_overrides(values)

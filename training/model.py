@@ -1,0 +1,141 @@
+"""The Keras model and the augmentation pipeline.
+
+The model takes RGB pixels as floats in 0..255 (what `deepscreen.imaging` produces)
+and does its own scaling, so serving only decodes and resizes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.hparams import HParams
+
+log = logging.getLogger(__name__)
+
+BACKBONE_NAME = "mobilenetv2_backbone"
+
+
+def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
+    """MobileNetV2 backbone + dropout + one sigmoid unit giving P(fake).
+
+    ``weights`` overrides ``hp.weights``: "imagenet" (Keras' download), "none",
+    or a path to a backbone ``.weights.h5`` (offline use).
+    """
+    weights = hp.weights if weights is None else weights
+    size = hp.image_size
+    inputs = keras.Input((size, size, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="mobilenet_scaling")(inputs)
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3),
+        alpha=hp.alpha,
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        pooling="avg",
+    )
+    backbone.name = BACKBONE_NAME
+    if weights not in ("imagenet", "none", "", None):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights not found: {path}")
+        backbone.load_weights(path)
+        log.info("loaded backbone weights from %s", path)
+    # With pretrained weights BatchNorm stays in inference mode in both phases (Keras
+    # transfer-learning guide): small fine-tuning batches must not wreck the ImageNet
+    # statistics. A backbone trained from scratch needs its BatchNorm to learn.
+    pretrained = weights not in ("none", "", None)
+    if not pretrained:
+        # Keras' MobileNetV2 BatchNorm momentum (0.999) needs thousands of steps before
+        # its moving statistics are usable; from scratch, let them follow the data.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="fake_probability", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_NAME)
+
+
+def set_trainable(model: keras.Model, fine_tune_from: str | int | None) -> int:
+    """Freeze the backbone below ``fine_tune_from`` (all of it when None).
+
+    Returns the number of backbone layers left trainable.
+    """
+    backbone = backbone_of(model)
+    if fine_tune_from is None:
+        backbone.trainable = False
+        return 0
+    backbone.trainable = True
+    start = _layer_index(backbone, fine_tune_from)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start
+    return len(backbone.layers) - start
+
+
+def _layer_index(backbone: keras.Model, ref: str | int) -> int:
+    if isinstance(ref, int) or str(ref).isdigit():
+        return int(ref)
+    for i, layer in enumerate(backbone.layers):
+        if layer.name == ref:
+            return i
+    raise ValueError(f"no backbone layer named {ref!r}")
+
+
+def make_dataset(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    hp: HParams,
+    *,
+    training: bool,
+) -> tf.data.Dataset:
+    """Batches of (float pixels, label[, weight]); shuffled and augmented when training."""
+    parts: tuple = (pixels, labels.astype("float32"))
+    if weights is not None:
+        parts += (weights.astype("float32"),)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if training:
+        ds = ds.shuffle(len(pixels), seed=hp.seed, reshuffle_each_iteration=True)
+        if hp.augment:
+            augment = make_augmenter(hp)
+            ds = ds.map(lambda x, *rest: (augment(x), *rest), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest))
+    return ds.batch(hp.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_augmenter(hp: HParams):
+    """Per-image augmentation on uint8 pixels: flips, small crops/scales, mild colour
+    jitter and JPEG re-compression, the changes an image meets on its way to a bucket."""
+    size = hp.image_size
+    j = hp.color_jitter
+
+    def augment(img: tf.Tensor) -> tf.Tensor:
+        if hp.flip:
+            img = tf.image.random_flip_left_right(img)
+        if hp.crop_min_scale < 1.0:
+            scale = tf.random.uniform([], hp.crop_min_scale, 1.0)
+            side = tf.cast(tf.round(scale * size), tf.int32)
+            img = tf.image.random_crop(img, tf.stack([side, side, 3]))
+            img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
+            img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+        if j > 0:
+            f = tf.cast(img, tf.float32) / 255.0
+            f = tf.image.random_brightness(f, j)
+            f = tf.image.random_contrast(f, 1 - j, 1 + j)
+            f = tf.image.random_saturation(f, 1 - j, 1 + j)
+            img = tf.cast(tf.clip_by_value(tf.round(f * 255.0), 0, 255), tf.uint8)
+        if hp.jpeg_probability > 0:
+            quality = tf.random.uniform([], hp.jpeg_quality_min, hp.jpeg_quality_max + 1, tf.int32)
+            recompressed = tf.image.adjust_jpeg_quality(img, quality)  # uint8 in, uint8 out
+            img = tf.cond(tf.random.uniform([]) < hp.jpeg_probability, lambda: recompressed, lambda: img)
+        return tf.ensure_shape(img, [size, size, 3])
+
+    return augment
