@@ -16,6 +16,8 @@ from importlib.metadata import entry_points
 
 from deepscreen import __version__
 
+log = logging.getLogger(__name__)
+
 ENTRY_POINT_GROUP = "deepscreen.commands"
 
 
@@ -28,7 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        ep.load()(subparsers)
+        try:
+            register = ep.load()
+        except ImportError as exc:
+            # A slim install (a worker image, say) may lack an app; its commands go missing,
+            # the others still work.
+            log.warning("command %r unavailable: %s", ep.name, exc)
+            continue
+        register(subparsers)
     return parser
 
 

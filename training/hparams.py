@@ -23,6 +23,9 @@ class HParams:
     alpha: float = 1.0
     #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.
     weights: str = "imagenet"
+    #: Keep BatchNorm in inference mode with its ImageNet statistics while fine-tuning.
+    #: False lets it adapt to face images (with momentum 0.9): better for forensic cues.
+    freeze_batchnorm: bool = True
     #: Dropout before the single sigmoid unit.
     dropout: float = 0.3
 

@@ -44,17 +44,19 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
             raise FileNotFoundError(f"backbone weights not found: {path}")
         backbone.load_weights(path)
         log.info("loaded backbone weights from %s", path)
-    # With pretrained weights BatchNorm stays in inference mode in both phases (Keras
-    # transfer-learning guide): small fine-tuning batches must not wreck the ImageNet
-    # statistics. A backbone trained from scratch needs its BatchNorm to learn.
+    # With pretrained weights and freeze_batchnorm, BatchNorm stays in inference mode in
+    # both phases (Keras transfer-learning guide): small fine-tuning batches cannot wreck
+    # the ImageNet statistics. Otherwise BatchNorm learns; Keras' MobileNetV2 momentum
+    # (0.999) would need thousands of steps before its moving statistics match the
+    # batches, so they follow the data faster.
     pretrained = weights not in ("none", "", None)
-    if not pretrained:
-        # Keras' MobileNetV2 BatchNorm momentum (0.999) needs thousands of steps before
-        # its moving statistics are usable; from scratch, let them follow the data.
+    if pretrained and hp.freeze_batchnorm:
+        x = backbone(x, training=False)
+    else:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
-    x = backbone(x, training=False) if pretrained else backbone(x)
+        x = backbone(x)
     x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="fake_probability", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")

@@ -1,0 +1,1 @@
+"""The Flask moderator dashboard (issue 4)."""
