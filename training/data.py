@@ -158,7 +158,7 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> dict
             strata.setdefault((s.source, s.label, s.difficulty), []).append(s)
     for members in strata.values():
         members = sorted(members, key=lambda s: _stable_key(seed, s))
-        n_val = int(round(len(members) * val_fraction))
+        n_val = round(len(members) * val_fraction)
         if len(members) > 1:
             n_val = max(1, min(n_val, len(members) - 1))
         out["valid"] += members[:n_val]
