@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from deepscreen.db.base import utcnow
-from deepscreen.db.models import Image, ImageSource, ImageStatus, ModelVersion
+from deepscreen.db.models import Image, ImageSource, ImageStatus, ModelVersion, Prediction
 
 #: Rows per INSERT statement: well under SQLite's bound-parameter limit.
 INSERT_CHUNK = 500
@@ -120,3 +120,114 @@ def count_images_by_status(
 def get_active_model_version(*, session: Session) -> ModelVersion | None:
     """The model version workers should serve, if one is marked active."""
     return session.scalars(select(ModelVersion).where(ModelVersion.active.is_(True))).first()
+
+
+def get_images_for_update(*, session: Session, ids: Iterable[int]) -> list[Image]:
+    """Like `get_images`, but the rows stay locked until the transaction ends.
+
+    ``SELECT ... FOR UPDATE`` on PostgreSQL, so two workers claiming the same image
+    (a redelivered message) take turns; SQLite's ``BEGIN IMMEDIATE`` already
+    serialises writers.
+    """
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    stmt = select(Image).where(Image.id.in_(wanted)).order_by(Image.id).with_for_update()
+    return list(session.scalars(stmt))
+
+
+def ensure_model_version(
+    *, session: Session, sha256: str, name: str, location: str, card: dict[str, Any]
+) -> ModelVersion:
+    """The row of the model with this sha256, registering it if unknown.
+
+    A new model becomes the active one only if no model is active yet; an existing
+    row is returned as it is. Insert-or-ignore, so concurrent workers starting with
+    the same model register it once.
+    """
+    insert = _dialect_insert(session)
+    values = {"sha256": sha256, "name": name, "location": location, "card": card}
+    # No conflict target: the first statement also yields to the partial unique index
+    # on ``active`` (another model is active), the second only to the sha256.
+    for active in (True, False):
+        stmt = insert(ModelVersion).values(active=active, **values).on_conflict_do_nothing()
+        session.execute(stmt)
+    return session.scalars(select(ModelVersion).where(ModelVersion.sha256 == sha256)).one()
+
+
+def predicted_image_ids(*, session: Session, ids: Iterable[int], model_version_id: int) -> set[int]:
+    """Which of these images already have a prediction from this model version."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    stmt = select(Prediction.image_id).where(
+        Prediction.model_version_id == model_version_id, Prediction.image_id.in_(wanted)
+    )
+    return set(session.scalars(stmt))
+
+
+def add_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert predictions (dicts of `Prediction` columns), ignoring any that exist.
+
+    Unique (image, model version) plus ``ON CONFLICT DO NOTHING`` makes a redelivered
+    or concurrently run batch harmless. Returns how many rows were inserted.
+    """
+    insert = _dialect_insert(session)
+    inserted = 0
+    for start in range(0, len(rows), INSERT_CHUNK):
+        stmt = (
+            insert(Prediction)
+            .values(list(rows[start : start + INSERT_CHUNK]))
+            .on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
+            .returning(Prediction.id)
+        )
+        inserted += len(session.execute(stmt).all())
+    return inserted
+
+
+def find_stale_images(*, session: Session, before: datetime, limit: int) -> list[Image]:
+    """Images queued, or processing, since before ``before``: oldest first, at most ``limit``.
+
+    Queued ones are judged by ``queued_at`` (last enqueue), processing ones by
+    ``updated_at`` (the claim). Rows are locked, skipping rows another transaction
+    holds (PostgreSQL), so concurrent reconcilers do not both take an image.
+    """
+    stale_queued = (Image.status == ImageStatus.QUEUED) & (
+        func.coalesce(Image.queued_at, Image.created_at) < before
+    )
+    stale_processing = (Image.status == ImageStatus.PROCESSING) & (Image.updated_at < before)
+    stmt = (
+        select(Image)
+        .where(stale_queued | stale_processing)
+        .order_by(Image.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(stmt))
+
+
+def unfinished_image_ids(*, session: Session, bucket: str) -> list[int]:
+    """Ids of the images in ``bucket`` still queued or processing, ascending."""
+    stmt = (
+        select(Image.id)
+        .where(
+            Image.bucket == bucket,
+            Image.status.in_([ImageStatus.QUEUED, ImageStatus.PROCESSING]),
+        )
+        .order_by(Image.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def images_with_predictions(
+    *, session: Session, bucket: str, model_version_id: int | None
+) -> list[tuple[Image, Prediction | None]]:
+    """Every image in ``bucket`` with its prediction from that model version (or None)."""
+    on = (Prediction.image_id == Image.id) & (Prediction.model_version_id == model_version_id)
+    stmt = (
+        select(Image, Prediction)
+        .outerjoin(Prediction, on)
+        .where(Image.bucket == bucket)
+        .order_by(Image.key, Image.id)
+    )
+    return [(image, prediction) for image, prediction in session.execute(stmt).tuples()]

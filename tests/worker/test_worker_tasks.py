@@ -1,0 +1,113 @@
+"""The Celery app and the task adapters: configuration only, no broker needed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from deepscreen import taskqueue
+from deepscreen.cli import build_parser
+from deepscreen.config import Settings
+from deepscreen.errors import TransientError
+from worker.cli import worker_argv
+from worker.tasks import create_worker_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def redis_settings(tmp_path: Path, **overrides: object) -> Settings:
+    # Nothing listens there: building an app must not connect.
+    return Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/3", **overrides)  # type: ignore[arg-type]
+
+
+def test_the_app_delivers_at_least_once_with_json_only(tmp_path: Path) -> None:
+    settings = redis_settings(
+        tmp_path, task_soft_time_limit=50, task_time_limit=60, broker_visibility_timeout=90
+    )
+    conf = taskqueue.create_celery(settings).conf
+    assert conf.broker_url == "redis://127.0.0.1:1/3"
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (50, 60)
+    # Redis redelivers an unacknowledged task only after the longest task could have ended.
+    assert conf.broker_transport_options["visibility_timeout"] == 90 > conf.task_time_limit
+    assert conf.task_ignore_result
+
+
+def test_tasks_are_routed_to_the_ingest_and_classify_queues(tmp_path: Path) -> None:
+    app = taskqueue.create_celery(redis_settings(tmp_path))
+    assert sorted(app.amqp.queues) == ["classify", "ingest"]
+    route = app.amqp.router.route
+    assert route({}, taskqueue.CLASSIFY_BATCH)["queue"].name == taskqueue.CLASSIFY_QUEUE
+    assert route({}, taskqueue.INGEST)["queue"].name == taskqueue.INGEST_QUEUE
+    assert route({}, taskqueue.RECONCILE)["queue"].name == taskqueue.INGEST_QUEUE
+
+
+def test_beat_runs_the_reconciler_and_one_scan_per_url(tmp_path: Path) -> None:
+    settings = redis_settings(
+        tmp_path,
+        scan_urls=("s3://a/in/", "file:///srv/b"),
+        scan_interval=120,
+        reconcile_interval=30,
+    )
+    app = taskqueue.create_celery(settings)
+    schedule = app.conf.beat_schedule
+    assert schedule["reconcile"]["task"] == taskqueue.RECONCILE
+    assert schedule["reconcile"]["schedule"] == 30
+    scans = [e for e in schedule.values() if e["task"] == taskqueue.INGEST]
+    assert sorted(e["args"][0] for e in scans) == ["file:///srv/b", "s3://a/in/"]
+    assert {e["schedule"] for e in scans} == {120}
+    assert app.conf.beat_schedule_filename == str(tmp_path / taskqueue.BEAT_SCHEDULE_FILE)
+
+
+def test_the_embedded_queue_lives_under_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    app = taskqueue.create_celery(settings)
+    options = app.conf.broker_transport_options
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        assert Path(options[key]).is_dir()
+        assert Path(options[key]).is_relative_to(settings.queue_dir)
+    assert not app.conf.worker_enable_remote_control
+
+
+def test_worker_tasks_retry_transient_errors_only_with_backoff_and_a_bound(
+    tmp_path: Path,
+) -> None:
+    app = create_worker_app(redis_settings(tmp_path, task_max_retries=7))
+    for name in (taskqueue.CLASSIFY_BATCH, taskqueue.INGEST, taskqueue.RECONCILE):
+        task = app.tasks[name]
+        assert task.autoretry_for == (TransientError,)
+        assert task.max_retries == 7
+        assert task.retry_backoff and task.retry_jitter
+        assert task.acks_late
+
+
+def test_the_worker_command_defaults(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["worker"])
+    argv = worker_argv(args, concurrency=2)
+    assert "--pool=prefork" in argv and "--concurrency=2" in argv
+    assert "--queues=ingest,classify" in argv
+
+
+def test_importing_the_queue_and_the_tasks_does_no_work(tmp_path: Path) -> None:
+    # Given a fresh interpreter in an empty folder, when the task modules are
+    # imported, then no model is loaded and nothing is written (no queue folders).
+    code = (
+        "import sys, deepscreen.taskqueue, worker.tasks, worker.embedded, worker.cli\n"
+        "assert 'ai_edge_litert.interpreter' not in sys.modules, 'LiteRT loaded at import'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSCREEN_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,258 @@
+"""Classify a batch of images by id: the plain function behind the classify task.
+
+One call takes the images through three short transactions with no transaction
+open while bytes are fetched or inference runs:
+
+1. claim: re-read the rows, skip the ones already decided, mark the rest processing;
+2. fetch and decode them concurrently (threads), then run ONE batched inference;
+3. write every prediction and every status change in one transaction.
+
+Redelivery is harmless: predictions are unique per (image, model version) and
+inserted with insert-or-ignore, and a decided image is skipped. Corrupt,
+unsupported and oversized images and missing objects fail with ``code: message``
+and are never retried. Images whose fetch hit a transient error stay processing
+and a `TransientError` is raised after the commit, so the task is retried for
+them; on the last attempt they fail instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from PIL import Image as PILImage
+
+from deepscreen.config import Settings
+from deepscreen.db import queries
+from deepscreen.db.base import utcnow
+from deepscreen.db.models import Image, ImageStatus
+from deepscreen.db.session import session_scope
+from deepscreen.errors import DeepscreenError, PermanentError, TransientError
+from deepscreen.imaging import DecodedImage
+from worker.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def max_attempts(settings: Settings) -> int:
+    """Times a worker may start on one image: the first try plus every retry."""
+    return settings.task_max_retries + 1
+
+
+def gave_up(attempts: int) -> str:
+    return f"gave up after {attempts} attempts"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``code: message``, as stored in ``images.failure_reason``."""
+    code = getattr(exc, "code", None) or type(exc).__name__
+    return f"{code}: {exc}"
+
+
+@dataclass
+class BatchOutcome:
+    """What one call did to each image id it was given."""
+
+    classified: list[int] = field(default_factory=list)
+    #: Image id -> ``code: message``.
+    failed: dict[int, str] = field(default_factory=dict)
+    #: Already decided (or unknown) ids, left as they were.
+    skipped: list[int] = field(default_factory=list)
+    #: Transient failures left processing for a retry.
+    retry: list[int] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "classified": len(self.classified),
+            "failed": len(self.failed),
+            "skipped": len(self.skipped),
+            "retry": len(self.retry),
+        }
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    image_id: int
+    bucket: str
+    key: str
+    attempts: int
+
+
+@dataclass
+class _Fetched:
+    """One image after fetching and decoding, or the error that stopped it."""
+
+    claimed: _Claimed
+    sha256: str | None = None
+    size: int | None = None
+    decoded: DecodedImage | None = None
+    error: DeepscreenError | None = None
+
+
+def classify_batch(
+    image_ids: Sequence[int],
+    *,
+    runtime: Runtime,
+    final_attempt: bool = False,
+    task_id: str = "-",
+) -> BatchOutcome:
+    """Classify the images ``image_ids`` that still need a verdict from this model.
+
+    Raises `TransientError` (after committing everything else) when some images
+    could not be fetched for a transient reason and this is not ``final_attempt``.
+    Database errors surface as `DatabaseUnavailable`, also transient.
+    """
+    outcome = BatchOutcome()
+    version_id = runtime.model_version_id
+    claimed = _claim(image_ids, runtime, version_id, outcome, task_id)
+    if claimed:
+        fetched = _fetch_all(claimed, runtime)
+        _infer_and_record(fetched, runtime, version_id, final_attempt, outcome, task_id)
+    logger.info(
+        "task %s: %d classified, %d failed, %d skipped, %d to retry (images %s)",
+        task_id,
+        len(outcome.classified),
+        len(outcome.failed),
+        len(outcome.skipped),
+        len(outcome.retry),
+        _ids(image_ids),
+    )
+    if outcome.retry:
+        raise TransientError(
+            f"{len(outcome.retry)} images hit a transient error (images {_ids(outcome.retry)})"
+        )
+    return outcome
+
+
+def _claim(
+    image_ids: Sequence[int],
+    runtime: Runtime,
+    version_id: int,
+    outcome: BatchOutcome,
+    task_id: str,
+) -> list[_Claimed]:
+    """Mark the images that need work processing; record the ones that do not."""
+    limit = max_attempts(runtime.settings)
+    claimed: list[_Claimed] = []
+    now = utcnow()
+    with session_scope(runtime.session_factory) as session:
+        images = queries.get_images_for_update(session=session, ids=image_ids)
+        known = {image.id for image in images}
+        outcome.skipped.extend(i for i in sorted(set(image_ids)) if i not in known)
+        predicted = queries.predicted_image_ids(
+            session=session, ids=known, model_version_id=version_id
+        )
+        for image in images:
+            if image.id in predicted:
+                if image.status is not ImageStatus.DONE:
+                    image.status, image.finished_at = ImageStatus.DONE, now
+                outcome.skipped.append(image.id)
+            elif image.status is ImageStatus.FAILED:
+                outcome.skipped.append(image.id)
+            elif image.attempts >= limit:
+                reason = gave_up(image.attempts)
+                _fail(image, reason, now)
+                outcome.failed[image.id] = reason
+                logger.warning("task %s image %d failed: %s", task_id, image.id, reason)
+            else:
+                image.status = ImageStatus.PROCESSING
+                image.attempts += 1
+                image.started_at = now
+                image.failure_reason = None
+                claimed.append(_Claimed(image.id, image.bucket, image.key, image.attempts))
+    return claimed
+
+
+def _fetch_all(claimed: list[_Claimed], runtime: Runtime) -> list[_Fetched]:
+    """Fetch and decode every claimed image, overlapping the store's latency in threads."""
+    classifier = runtime.classifier  # loaded here, not concurrently in the threads
+    max_bytes = runtime.settings.max_image_bytes
+
+    def fetch(item: _Claimed) -> _Fetched:
+        result = _Fetched(item)
+        try:
+            data = runtime.store(item.bucket).get(item.key, max_bytes=max_bytes)
+            result.sha256 = hashlib.sha256(data).hexdigest()
+            result.size = len(data)
+            result.decoded = classifier.decode(data)
+        except (PermanentError, TransientError) as exc:
+            result.error = exc
+        return result
+
+    return list(runtime.fetch_pool.map(fetch, claimed))
+
+
+def _infer_and_record(
+    fetched: list[_Fetched],
+    runtime: Runtime,
+    version_id: int,
+    final_attempt: bool,
+    outcome: BatchOutcome,
+    task_id: str,
+) -> None:
+    classifier = runtime.classifier
+    good = [f for f in fetched if f.decoded is not None]
+    scores: list[float] = []
+    per_image_ms = 0.0
+    if good:
+        pixels = np.stack([f.decoded.pixels for f in good if f.decoded is not None])
+        with runtime.inference_lock:
+            started = time.perf_counter()
+            scores = [float(s) for s in classifier.predict_pixels(pixels)]
+            # One batched call: each image is charged its share of it.
+            per_image_ms = (time.perf_counter() - started) * 1000 / len(good)
+
+    now = utcnow()
+    predictions = [
+        {
+            "image_id": f.claimed.image_id,
+            "model_version_id": version_id,
+            "score": score,
+            "label": classifier.label_for(score),
+            "threshold": classifier.threshold,
+            "inference_ms": per_image_ms,
+            "created_at": now,
+        }
+        for f, score in zip(good, scores, strict=True)
+    ]
+    by_id = {f.claimed.image_id: f for f in fetched}
+    with session_scope(runtime.session_factory) as session:
+        queries.add_predictions(session=session, rows=predictions)
+        for image in queries.get_images(session=session, ids=by_id):
+            item = by_id[image.id]
+            if item.sha256 is not None:
+                image.sha256, image.size = item.sha256, item.size
+            if item.decoded is not None:
+                image.width, image.height = item.decoded.width, item.decoded.height
+                image.content_type = PILImage.MIME.get(item.decoded.format)
+                image.status, image.finished_at = ImageStatus.DONE, now
+                image.failure_reason = None
+                outcome.classified.append(image.id)
+            elif isinstance(item.error, TransientError) and not final_attempt:
+                outcome.retry.append(image.id)
+                logger.warning(
+                    "task %s image %d will be retried: %s", task_id, image.id, item.error
+                )
+            else:
+                assert item.error is not None
+                reason = failure_reason(item.error)
+                if isinstance(item.error, TransientError):
+                    reason = f"{reason} ({gave_up(item.claimed.attempts)})"
+                _fail(image, reason, now)
+                outcome.failed[image.id] = reason
+                logger.warning("task %s image %d failed: %s", task_id, image.id, reason)
+
+
+def _fail(image: Image, reason: str, now: datetime) -> None:
+    image.status = ImageStatus.FAILED
+    image.failure_reason = reason
+    image.finished_at = now
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(str(i) for i in ids)

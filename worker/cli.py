@@ -1,0 +1,128 @@
+"""`deepscreen run`, `deepscreen worker` and `deepscreen beat`.
+
+Registered on the `deepscreen` script through entry points, like the training
+commands: the worker app registers the commands that need its tasks, so the
+kernel never imports it. Registration imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+POOLS = ("prefork", "solo", "threads")
+
+
+def register_run(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="classify a folder end to end with an embedded queue, worker and SQLite database",
+        description="Register every image in FOLDER, classify it with an in-process Celery "
+        "worker (filesystem queue under DEEPSCREEN_DATA_DIR) and print a summary. Results "
+        "are kept in the database (default: SQLite under DEEPSCREEN_DATA_DIR); running "
+        "again classifies only new or changed files.",
+    )
+    p.add_argument("folder", type=Path, metavar="FOLDER")
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=50,
+        metavar="N",
+        help="list every image when there are at most N, else only failed ones (default: 50)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepscreen.config import Settings
+    from worker.embedded import run_folder
+
+    return run_folder(
+        args.folder, Settings.from_env(), progress=args.progress, max_rows=args.max_rows
+    )
+
+
+def register_worker(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "worker",
+        help="run a Celery worker for the ingest and classify queues",
+        description="A Celery worker on DEEPSCREEN_BROKER_URL: prefork pool, one process per "
+        "core (DEEPSCREEN_WORKER_CONCURRENCY), DEEPSCREEN_INFERENCE_THREADS LiteRT threads "
+        "per process, the model loaded once per process after the fork.",
+    )
+    p.add_argument("--concurrency", type=int, default=None, metavar="N", help="worker processes")
+    p.add_argument("--pool", choices=POOLS, default="prefork", help="default: prefork")
+    p.add_argument(
+        "--queues",
+        default="ingest,classify",
+        metavar="Q1,Q2",
+        help="queues to consume (default: ingest,classify)",
+    )
+    p.add_argument("--loglevel", choices=LOG_LEVELS, default="INFO", type=str.upper)
+    p.add_argument(
+        "--hostname", default=None, metavar="NAME", help="node name (default: deepscreen-PID@host)"
+    )
+    p.set_defaults(func=run_worker)
+
+
+def worker_argv(args: argparse.Namespace, concurrency: int) -> list[str]:
+    """The ``celery worker`` command line the options stand for."""
+    return [
+        "worker",
+        f"--pool={args.pool}",
+        f"--concurrency={concurrency}",
+        f"--queues={args.queues}",
+        f"--loglevel={args.loglevel}",
+        f"--hostname={args.hostname or f'deepscreen-{os.getpid()}@%h'}",
+        # No broadcast revokes or events are used: skip the start-up chatter.
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from deepscreen.config import Settings
+    from worker.tasks import create_worker_app
+
+    settings = Settings.from_env()
+    concurrency = args.concurrency or settings.worker_concurrency or _cpu_count()
+    app = create_worker_app(settings)
+    return int(app.start(worker_argv(args, concurrency)) or 0)
+
+
+def register_beat(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "beat",
+        help="run Celery beat: the reconciler and the periodic scans",
+        description="Sends the reconcile task every DEEPSCREEN_RECONCILE_INTERVAL seconds and "
+        "an ingest task per DEEPSCREEN_SCAN_URLS entry every DEEPSCREEN_SCAN_INTERVAL "
+        "seconds. Run exactly one.",
+    )
+    p.add_argument("--loglevel", choices=LOG_LEVELS, default="INFO", type=str.upper)
+    p.set_defaults(func=run_beat)
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    from deepscreen.config import Settings
+    from deepscreen.taskqueue import create_celery
+
+    settings = Settings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the schedule file lives there
+    app = create_celery(settings)
+    return int(app.start(["beat", f"--loglevel={args.loglevel}"]) or 0)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,83 @@
+"""The Celery tasks: thin adapters from a message to one plain function call.
+
+Each task fixes the retry policy (transient errors only, exponential backoff with
+full jitter, a bound) and hands its arguments to a function that has no Celery
+import and is tested on its own: `worker.classify.classify_batch`,
+`deepscreen.commands.ingest.ingest` and `worker.reconcile.reconcile`.
+
+Tasks are registered on an app by `create_worker_app` rather than at import, and
+close over a `Runtime` whose resources each worker process builds for itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, Task
+
+from deepscreen import taskqueue
+from deepscreen.commands.ingest import ingest
+from deepscreen.config import Settings
+from deepscreen.errors import TransientError
+from worker.classify import classify_batch
+from worker.reconcile import reconcile
+from worker.runtime import Runtime
+
+#: Seconds before the first retry; doubles each time (2, 4, 8, ...), full jitter.
+RETRY_BACKOFF = 2
+#: Longest wait between two retries, in seconds.
+RETRY_BACKOFF_MAX = 120
+
+
+def retry_policy(settings: Settings) -> dict[str, Any]:
+    """Celery task options: retry `TransientError` only, with backoff, jitter and a bound."""
+    return {
+        "autoretry_for": (TransientError,),
+        "max_retries": settings.task_max_retries,
+        "retry_backoff": RETRY_BACKOFF,
+        "retry_backoff_max": RETRY_BACKOFF_MAX,
+        "retry_jitter": True,
+    }
+
+
+def create_worker_app(settings: Settings, runtime: Runtime | None = None) -> Celery:
+    """`deepscreen.taskqueue.create_celery` plus the task implementations."""
+    app = taskqueue.create_celery(settings)
+    register_tasks(app, runtime or Runtime(settings))
+    return app
+
+
+def register_tasks(app: Celery, runtime: Runtime) -> None:
+    """Register the classify, ingest and reconcile tasks on ``app``."""
+    settings = runtime.settings
+    policy = retry_policy(settings)
+
+    def enqueue(ids: Sequence[int]) -> int:
+        return taskqueue.enqueue_classify(app, ids, batch_size=settings.classify_batch_size)
+
+    @app.task(name=taskqueue.CLASSIFY_BATCH, bind=True, **policy)
+    def classify_batch_task(self: Task, image_ids: list[int]) -> dict[str, int]:
+        # On the last allowed try, transient failures are recorded instead of raised.
+        final = self.request.retries >= (self.max_retries or 0)
+        outcome = classify_batch(
+            image_ids, runtime=runtime, final_attempt=final, task_id=str(self.request.id)
+        )
+        return outcome.counts()
+
+    @app.task(name=taskqueue.INGEST, bind=True, **policy)
+    def ingest_task(self: Task, url: str) -> dict[str, int]:
+        summary = ingest(
+            runtime.open(url),
+            settings=settings,
+            session_factory=runtime.session_factory,
+            enqueue=enqueue,
+        )
+        return summary.counts()
+
+    @app.task(name=taskqueue.RECONCILE, bind=True, **policy)
+    def reconcile_task(self: Task) -> dict[str, int]:
+        outcome = reconcile(
+            settings=settings, session_factory=runtime.session_factory, enqueue=enqueue
+        )
+        return outcome.counts()
