@@ -1,0 +1,109 @@
+"""Helpers for the end-to-end tests: images, environments, subprocesses, polling."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Not an image at all, and a PNG cut off after its signature.
+CORRUPT_FILES = {"corrupt.jpg": b"this is not a jpeg", "truncated.png": b"\x89PNG\r\n\x1a\n\0\0"}
+
+
+def image_bytes(seed: int, fmt: str) -> bytes:
+    """A small smooth random image, different for every seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize((64 + seed % 9, 48 + seed % 7))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def clean_env(**settings: Any) -> dict[str, str]:
+    """This process's environment without DEEPSCREEN_* variables, plus ``settings``
+    (``data_dir`` -> ``DEEPSCREEN_DATA_DIR``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSCREEN_")}
+    env.update({f"DEEPSCREEN_{k.upper()}": str(v) for k, v in settings.items()})
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def deepscreen(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``deepscreen ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "deepscreen.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Process:
+    """A ``deepscreen`` subprocess in its own session, its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deepscreen.cli", *args],
+                env=env,
+                cwd=log.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (Celery's warm shutdown), then SIGKILL its process group if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.kill_leftovers()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def kill_leftovers(self) -> None:
+        # Pool children are in the session the worker leads (pgid == its pid).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.25
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

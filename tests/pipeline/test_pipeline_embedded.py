@@ -1,0 +1,117 @@
+"""`deepscreen run FOLDER` end to end: a real subprocess, SQLite, the filesystem queue
+and the in-process Celery worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import clean_env, deepscreen
+from sqlalchemy import Engine, select
+
+from deepscreen.commands.ingest import ingest
+from deepscreen.config import Settings
+from deepscreen.db import migrate
+from deepscreen.db.models import Image, ImageStatus, Prediction
+from deepscreen.db.session import make_engine, make_session_factory, session_scope
+from deepscreen.storage import LocalStore
+
+Images = Callable[[int], dict[str, bytes]]
+
+
+@pytest.fixture
+def folder(tmp_path: Path, generated_images: Images) -> Path:
+    """12 images, 2 corrupt files and a text file."""
+    path = tmp_path / "photos"
+    path.mkdir()
+    for name, data in generated_images(12).items():
+        (path / name).write_bytes(data)
+    (path / "notes.txt").write_text("not an image")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", inference_threads=1)
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    return clean_env(data_dir=settings.data_dir, inference_threads=1)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+def results(engine: Engine) -> tuple[list[Image], list[Prediction]]:
+    with session_scope(make_session_factory(engine)) as session:
+        images = list(session.scalars(select(Image).order_by(Image.key)))
+        predictions = list(session.scalars(select(Prediction).order_by(Prediction.id)))
+    return images, predictions
+
+
+def test_run_classifies_a_folder_once_and_reports_where_the_results_are(
+    folder: Path, settings: Settings, env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    # When a folder is run for the first time
+    first = deepscreen("run", str(folder), env=env, cwd=tmp_path)
+    # Then it exits 0, every image has a verdict, and the output says where they are
+    assert first.returncode == 0, first.stdout + first.stderr
+    database = settings.data_dir / "deepscreen.sqlite3"
+    assert f"results: {database}" in first.stdout
+    assert "14 new, 0 already known, 1 skipped by suffix" in first.stdout
+    assert "14 images: 12 done" in first.stdout and ", 2 failed" in first.stdout
+    assert "corrupt.jpg" in first.stdout and "undecodable: " in first.stdout
+    images, predictions = results(engine)
+    assert len(images) == 14
+    failed = {i.key: i.failure_reason for i in images if i.status is ImageStatus.FAILED}
+    assert sorted(failed) == ["corrupt.jpg", "truncated.png"]
+    assert all(reason.startswith("undecodable: ") for reason in failed.values())
+    done = [i for i in images if i.status is ImageStatus.DONE]
+    assert len(done) == 12
+    assert sorted(p.image_id for p in predictions) == sorted(i.id for i in done)
+
+    # When it is run again on the same folder
+    second = deepscreen("run", str(folder), env=env, cwd=tmp_path)
+    # Then nothing is classified twice
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 new, 14 already known" in second.stdout
+    assert "14 images: 12 done" in second.stdout
+    images_again, predictions_again = results(engine)
+    assert [(p.id, p.created_at) for p in predictions_again] == [
+        (p.id, p.created_at) for p in predictions
+    ]
+    assert {i.attempts for i in images_again} == {1}
+
+
+def test_run_resumes_images_an_interrupted_run_left_queued(
+    folder: Path, settings: Settings, env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    # Given images registered by a run that died before sending any message
+    migrate.upgrade(settings)
+    summary = ingest(
+        LocalStore(folder),
+        settings=settings,
+        session_factory=make_session_factory(engine),
+        enqueue=lambda ids: 0,
+    )
+    assert summary.new == 14
+    # When the folder is run
+    proc = deepscreen("run", str(folder), env=env, cwd=tmp_path)
+    # Then those images are classified all the same
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 new, 14 already known" in proc.stdout
+    images, predictions = results(engine)
+    assert sorted(i.status.value for i in images) == ["done"] * 12 + ["failed"] * 2
+    assert len(predictions) == 12
+
+
+def test_run_refuses_a_missing_folder(tmp_path: Path, env: dict[str, str]) -> None:
+    proc = deepscreen("run", str(tmp_path / "nowhere"), env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no such folder" in proc.stderr
