@@ -70,9 +70,10 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # A task whose ack cannot reach the broker any more will be redelivered;
-        # stop it instead of finishing work that is done again anyway.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task running when the broker connection drops finishes: its verdicts are
+        # committed to the database, so a redelivery of its message is a cheap skip,
+        # while cancelling it would leave its images for the reconciler.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         task_queues=[

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from sqlalchemy import Engine, func, select
 
 from deepscreen.config import Settings
 from deepscreen.db import migrate, queries
-from deepscreen.db.models import Image, ImageStatus, ModelVersion, Prediction
+from deepscreen.db.base import utcnow
+from deepscreen.db.models import Image, ImageSource, ImageStatus, ModelVersion, Prediction
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
-from deepscreen.storage import S3Store, make_s3_client
+from deepscreen.storage import ObjectInfo, S3Store, make_s3_client
 from deepscreen.taskqueue import CLASSIFY_QUEUE
 
 Images = Callable[[int], dict[str, bytes]]
@@ -137,3 +139,63 @@ def test_a_worker_gives_every_image_in_a_bucket_a_verdict_exactly_once(
         assert broker.llen(CLASSIFY_QUEUE) == 0
     finally:
         broker.close()
+
+
+def test_beat_scans_the_configured_prefix_and_the_reconciler_recovers_a_lost_message(
+    settings: Settings,
+    env: dict[str, str],
+    engine: Engine,
+    bucket: str,
+    start_process: Callable[..., Process],
+) -> None:
+    # Given an image registered an hour ago whose message was lost (never enqueued)
+    store = S3Store(bucket, make_s3_client(settings))
+    stray = next(o for o in store.list(prefix="incoming/img000"))
+    lost = ObjectInfo(bucket, "elsewhere/lost.png", stray.etag, stray.size, stray.last_modified)
+    store.put(lost.key, store.get(stray.key))
+    with session_scope(make_session_factory(engine)) as session:
+        [lost_id] = queries.register_images(
+            session=session,
+            objects=[lost],
+            source=ImageSource.EVENT,
+            now=utcnow() - timedelta(hours=1),
+        )
+    # When a worker and beat run, beat scanning incoming/ and reconciling every 2 s
+    periodic = {
+        **env,
+        "DEEPSCREEN_SCAN_URLS": f"s3://{bucket}/incoming/",
+        "DEEPSCREEN_SCAN_INTERVAL": "2",
+        "DEEPSCREEN_RECONCILE_INTERVAL": "2",
+        "DEEPSCREEN_RECONCILE_AFTER": "600",
+    }
+    worker = start_process(["worker", "--concurrency", "1"], periodic)
+    beat = start_process(["beat"], periodic)
+    # Then the scanned images and the lost one all get a verdict, each exactly once
+    wait_for(
+        lambda: (
+            decided(engine, bucket) == 23
+            or worker.proc.poll() is not None
+            or beat.proc.poll() is not None
+        ),
+        timeout=DEADLINE,
+        what="the scan and the reconciler to get every image decided",
+    )
+    assert worker.proc.poll() is None, worker.output()
+    assert beat.proc.poll() is None, beat.output()
+    with session_scope(make_session_factory(engine)) as session:
+        lost_image = session.get(Image, lost_id)
+        assert lost_image is not None and lost_image.status is ImageStatus.DONE
+        per_image = session.execute(
+            select(Prediction.image_id, func.count())
+            .join(Image)
+            .where(Image.bucket == bucket)
+            .group_by(Prediction.image_id)
+        ).all()
+    assert len(per_image) == 21 and {n for _, n in per_image} == {1}
+    assert "reconcile: re-enqueued images" in worker.output()
+
+
+def decided(engine: Engine, bucket: str) -> int:
+    with session_scope(make_session_factory(engine)) as session:
+        counts = queries.count_images_by_status(session=session, buckets=[bucket])
+    return counts[ImageStatus.DONE] + counts[ImageStatus.FAILED]

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deepscreen import taskqueue
-from deepscreen.cli import build_parser
+from deepscreen.cli import build_parser, main
 from deepscreen.config import Settings
+from deepscreen.db import migrate
 from deepscreen.errors import TransientError
 from worker.cli import worker_argv
 from worker.tasks import create_worker_app
@@ -111,3 +114,42 @@ def test_importing_the_queue_and_the_tasks_does_no_work(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ingest_command_queues_batches_on_the_embedded_broker_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a migrated embedded setup and a plain folder path with 5 files, one not an image
+    settings = Settings(data_dir=tmp_path / "data")
+    migrate.upgrade(settings)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.jpg").write_bytes(b"jpeg %d" % i)
+    (folder / "notes.txt").write_text("x")
+    for name in [n for n in os.environ if n.startswith("DEEPSCREEN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DEEPSCREEN_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("DEEPSCREEN_CLASSIFY_BATCH_SIZE", "3")
+    messages = settings.queue_dir / "messages"
+    # When it is ingested twice
+    assert main(["ingest", str(folder)]) == 0
+    first = capsys.readouterr().out
+    queued = sorted(messages.iterdir())
+    assert main(["ingest", folder.as_uri()]) == 0
+    second = capsys.readouterr().out
+    # Then the first run queues two classify tasks (3 + 1 ids), the second nothing
+    assert "4 new, 0 already known, 1 skipped by suffix; 2 classify tasks queued" in first
+    assert len(queued) == 2
+    assert "0 new, 4 already known, 1 skipped by suffix; 0 classify tasks queued" in second
+    assert sorted(messages.iterdir()) == queued
+
+
+def test_ingest_command_reports_a_missing_bucket_as_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DEEPSCREEN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("DEEPSCREEN_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DEEPSCREEN_BROKER_URL", raising=False)
+    assert main(["ingest", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
