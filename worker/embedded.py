@@ -31,6 +31,7 @@ from deepscreen import taskqueue
 from deepscreen.commands.ingest import IngestSummary, ingest
 from deepscreen.config import Settings
 from deepscreen.db import migrate, queries
+from deepscreen.db.base import utcnow
 from deepscreen.db.models import ImageStatus
 from deepscreen.db.session import session_scope
 from deepscreen.errors import DeepscreenError, ModelError
@@ -141,6 +142,7 @@ def _ingest(
         listed.add((obj.key, obj.etag))
         bar.update()
 
+    started = utcnow()
     with tqdm(
         desc="listing", unit="file", file=sys.stderr, disable=_off(progress), leave=False
     ) as bar:
@@ -152,13 +154,10 @@ def _ingest(
             on_object=seen,
         )
     # Left queued or processing by an interrupted run: their messages may be gone.
-    new = set(summary.new_ids)
     with session_scope(runtime.session_factory) as session:
-        leftover = [
-            i
-            for i in queries.unfinished_image_ids(session=session, bucket=store.bucket)
-            if i not in new
-        ]
+        leftover = queries.unfinished_image_ids(
+            session=session, bucket=store.bucket, queued_before=started
+        )
     if leftover:
         logger.info("re-enqueueing %d images left unfinished by an earlier run", len(leftover))
         summary.tasks += enqueue(leftover)

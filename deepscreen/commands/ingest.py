@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +47,6 @@ class IngestSummary:
     skipped: int = 0
     #: Classify tasks sent.
     tasks: int = 0
-    new_ids: list[int] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {"new": self.new, "known": self.known, "skipped": self.skipped, "tasks": self.tasks}
@@ -73,7 +72,8 @@ def ingest(
     ``enqueue(ids)`` sends classify tasks for committed images and returns how
     many; it is called with full batches of ``settings.classify_batch_size`` as
     registration goes and once more with the remainder. ``on_object`` sees every
-    listed object (progress, or collecting the listing).
+    listed object (progress, or collecting the listing). Memory stays bounded by
+    one chunk, however large the bucket.
     """
     summary = IngestSummary(location=_describe(store))
     suffixes = settings.image_suffixes or None
@@ -87,7 +87,6 @@ def ingest(
         # Committed: from here on a worker finds every row it is sent.
         summary.new += len(new_ids)
         summary.known += len(chunk) - len(new_ids)
-        summary.new_ids.extend(new_ids)
         pending.extend(new_ids)
         chunk.clear()
         full = len(pending) - len(pending) % batch

@@ -206,13 +206,15 @@ def find_stale_images(*, session: Session, before: datetime, limit: int) -> list
     return list(session.scalars(stmt))
 
 
-def unfinished_image_ids(*, session: Session, bucket: str) -> list[int]:
-    """Ids of the images in ``bucket`` still queued or processing, ascending."""
+def unfinished_image_ids(*, session: Session, bucket: str, queued_before: datetime) -> list[int]:
+    """Ids of the images in ``bucket`` still queued or processing that were last
+    enqueued before ``queued_before``, ascending."""
     stmt = (
         select(Image.id)
         .where(
             Image.bucket == bucket,
             Image.status.in_([ImageStatus.QUEUED, ImageStatus.PROCESSING]),
+            func.coalesce(Image.queued_at, Image.created_at) < queued_before,
         )
         .order_by(Image.id)
     )

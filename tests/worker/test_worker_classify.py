@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,14 +26,20 @@ MakeImages = Callable[..., list[str]]
 
 
 def register(runtime: Runtime, folder: Path) -> list[int]:
-    """Ingest ``folder`` without sending anything; the new image ids."""
-    summary = ingest(
+    """Ingest ``folder``, collecting instead of sending; the new image ids."""
+    new_ids: list[int] = []
+
+    def collect(ids: Sequence[int]) -> int:
+        new_ids.extend(ids)
+        return 0
+
+    ingest(
         LocalStore(folder),
         settings=runtime.settings,
         session_factory=runtime.session_factory,
-        enqueue=lambda ids: 0,
+        enqueue=collect,
     )
-    return summary.new_ids
+    return sorted(new_ids)
 
 
 def images(runtime: Runtime, ids: list[int]) -> dict[str, Image]:
