@@ -63,7 +63,7 @@ def register_worker(subparsers: Any) -> None:
     p.add_argument("--pool", choices=POOLS, default="prefork", help="default: prefork")
     p.add_argument(
         "--queues",
-        default="ingest,classify",
+        default=None,
         metavar="Q1,Q2",
         help="queues to consume (default: ingest,classify)",
     )
@@ -76,11 +76,13 @@ def register_worker(subparsers: Any) -> None:
 
 def worker_argv(args: argparse.Namespace, concurrency: int) -> list[str]:
     """The ``celery worker`` command line the options stand for."""
+    from deepscreen.taskqueue import QUEUES
+
     return [
         "worker",
         f"--pool={args.pool}",
         f"--concurrency={concurrency}",
-        f"--queues={args.queues}",
+        f"--queues={args.queues or ','.join(QUEUES)}",
         f"--loglevel={args.loglevel}",
         f"--hostname={args.hostname or f'deepscreen-{os.getpid()}@%h'}",
         # No broadcast revokes or events are used: skip the start-up chatter.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -214,3 +215,27 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_a_batch_delivered_twice_at_once_gives_one_prediction_per_image(
+    runtime: Runtime, folder: Path, make_images: MakeImages
+) -> None:
+    # Given a batch, and a second worker process (own engine, own model) with the same message
+    make_images(folder, 4, corrupt=False)
+    ids = register(runtime, folder)
+    other = Runtime(runtime.settings)
+    try:
+        # When both run it at the same time
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda rt: classify_batch(ids, runtime=rt), [runtime, other]))
+        # Then each image has exactly one prediction and is done
+        assert sorted(p.image_id for p in predictions(runtime, ids)) == ids
+        assert {i.status for i in images(runtime, ids).values()} == {ImageStatus.DONE}
+        assert sorted(
+            outcomes[0].classified
+            + outcomes[1].classified
+            + outcomes[0].skipped
+            + outcomes[1].skipped
+        ) == sorted(ids * 2)
+    finally:
+        other.close()
