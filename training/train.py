@@ -74,7 +74,7 @@ def describe_sources(splits: dict[str, list[Sample]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def _fit(model: keras.Model, train_ds, val_ds, epochs: int, lr: float, hp: HParams,
+def _fit(model: keras.Model, train_ds, val_ds, epochs: int, lr: float | Any, hp: HParams,
          callbacks: list) -> dict[str, list[float]]:
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=hp.weight_decay),
@@ -120,8 +120,11 @@ def train(sources: list[str], hp: HParams, work_dir: Path) -> TrainingResult:
         stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                              patience=hp.early_stopping_patience,
                                              restore_best_weights=True)
-        for k, v in _fit(model, train_ds, val_ds, hp.fine_tune_epochs, hp.fine_tune_learning_rate,
-                         hp, [stop]).items():
+        lr: float | Any = hp.fine_tune_learning_rate
+        if hp.lr_schedule == "cosine":
+            lr = keras.optimizers.schedules.CosineDecay(
+                lr, decay_steps=hp.fine_tune_epochs * int(train_ds.cardinality()))
+        for k, v in _fit(model, train_ds, val_ds, hp.fine_tune_epochs, lr, hp, [stop]).items():
             history[f"fine_{k}"] = v
 
     val_scores = predict(model, valid_set.pixels, hp.batch_size)

@@ -26,7 +26,7 @@ def synthetic_face(rng: np.random.Generator, fake: bool, size: int = 32) -> Imag
     if fake:
         yy, xx = np.mgrid[0:size, 0:size]
         grid = ((xx % 4 < 2) ^ (yy % 4 < 2)).astype(np.float64) * 2 - 1
-        img += 40 * grid[..., None]
+        img += 50 * grid[..., None]
     img += rng.normal(0, 3, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
@@ -43,9 +43,9 @@ def write_images(folder: Path, n: int, fake: bool, rng: np.random.Generator, pre
 
 @pytest.fixture(scope="session")
 def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """<root>/{real,fake}/ with 120 images per class."""
+    """<root>/{real,fake}/ with 200 images per class."""
     root = tmp_path_factory.mktemp("tree")
     rng = np.random.default_rng(7)
-    write_images(root / "real", 120, False, rng)
-    write_images(root / "fake", 120, True, rng)
+    write_images(root / "real", 200, False, rng)
+    write_images(root / "fake", 200, True, rng)
     return root

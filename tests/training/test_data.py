@@ -62,7 +62,7 @@ def test_140k_reader_keeps_the_layouts_splits(k140_root: Path) -> None:
 
 def test_tree_and_manifest_readers(tmp_path: Path, synthetic_tree: Path) -> None:
     tree = read_tree(synthetic_tree)
-    assert Counter(s.label for s in tree) == {0: 120, 1: 120}
+    assert Counter(s.label for s in tree) == {0: 200, 1: 200}
     manifest = tmp_path / "m.csv"
     with manifest.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -97,7 +97,7 @@ def test_split_is_stratified_deterministic_and_stable(synthetic_tree: Path) -> N
     a = split_samples(samples, 0.25, seed=3)
     b = split_samples(list(reversed(samples)), 0.25, seed=3)
     assert {s.path for s in a["valid"]} == {s.path for s in b["valid"]}
-    assert Counter(s.label for s in a["valid"]) == {0: 30, 1: 30}
+    assert Counter(s.label for s in a["valid"]) == {0: 50, 1: 50}
     # Adding files never moves an existing file across the split.
     more = split_samples(samples + read_tree(synthetic_tree, source="other"), 0.25, seed=3)
     assert {s.path for s in a["valid"]} <= {s.path for s in more["valid"]}
