@@ -27,6 +27,9 @@ class HParams:
     #: Keep BatchNorm in inference mode with its ImageNet statistics while fine-tuning.
     #: False lets it adapt to face images (with momentum 0.9): better for forensic cues.
     freeze_batchnorm: bool = False
+    #: BatchNorm epsilon while it adapts (Keras' MobileNetV2 uses 1e-3). Larger values cap
+    #: how much near-constant channels amplify float16 weight rounding.
+    batchnorm_epsilon: float = 1e-3
     #: Dropout before the single sigmoid unit.
     dropout: float = 0.3
 

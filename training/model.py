@@ -56,6 +56,7 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
+                layer.epsilon = hp.batchnorm_epsilon
         x = backbone(x)
     x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="fake_probability", dtype="float32")(x)
