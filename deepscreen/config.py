@@ -277,6 +277,12 @@ class Settings:
                 f"must be greater than {_env_name('task_time_limit')}={self.task_time_limit}, "
                 "or long tasks are delivered twice"
             )
+        if self.reconcile_after <= self.task_time_limit:
+            raise ConfigError(
+                f"{_env_name('reconcile_after')}={self.reconcile_after} must be greater than "
+                f"{_env_name('task_time_limit')}={self.task_time_limit}, or the reconciler "
+                "re-queues images whose task is still running"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -117,6 +117,7 @@ def test_empty_values_mean_default() -> None:
             "must be greater than DEEPSCREEN_TASK_SOFT_TIME_LIMIT",
         ),
         ("DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT", "60", "must be greater than DEEPSCREEN_TASK_TIME"),
+        ("DEEPSCREEN_RECONCILE_AFTER", "300", "must be greater than DEEPSCREEN_TASK_TIME_LIMIT"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
