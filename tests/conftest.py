@@ -122,14 +122,9 @@ def redis_url() -> str:
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database migrated to head, once per backend per test session."""
-    from deepscreen.db import migrate
+    from db_fixtures import migrated_database
 
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.sqlite3'}"
-    else:
-        url = request.getfixturevalue("make_postgres_database")()
-    migrate.upgrade(Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=url))
-    return url
+    return migrated_database(request, tmp_path_factory)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from deepscreen.config import Settings
-from deepscreen.db import migrate
 from deepscreen.inference import Classifier
 from worker.runtime import Runtime
 
@@ -55,12 +54,9 @@ def pipeline_database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     """A database of its own for this module, migrated to head."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('pipeline-db') / 'deepscreen.sqlite3'}"
-    else:
-        url = request.getfixturevalue("make_postgres_database")()
-    migrate.upgrade(Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=url))
-    return url
+    from db_fixtures import migrated_database
+
+    return migrated_database(request, tmp_path_factory)
 
 
 @pytest.fixture
