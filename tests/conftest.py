@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import free_port, unavailable
 from sqlalchemy import Engine, create_engine, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -40,23 +41,6 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 S3_ACCESS_KEY_ID = "deepscreen-test"
 S3_SECRET_ACCESS_KEY = "deepscreen-test-secret"
 S3_REGION = "us-east-1"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def unavailable(reason: str) -> None:
-    """Skip (developer machine) or fail (CI) because a service is missing."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: required services must be up)", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------ PostgreSQL

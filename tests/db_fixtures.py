@@ -8,7 +8,9 @@ from deepscreen.config import Settings
 from deepscreen.db import migrate
 
 
-def migrated_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+def migrated_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
     """A new database of the backend named by ``request.param`` ("sqlite" or "postgresql")."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'deepscreen.sqlite3'}"

@@ -1,31 +1,42 @@
-"""Fixtures for end-to-end runs: generated images, a Redis database of the run's own,
-and ``deepscreen`` subprocesses that are always stopped (helpers: pipeline_helpers.py)."""
+"""Fixtures for end-to-end runs: sample images, a Redis database of the run's own, the
+production stack (SeaweedFS, PostgreSQL, Redis) as settings and a subprocess
+environment, a Redis server a test may stop, and ``deepscreen`` subprocesses that are
+always stopped (helpers: pipeline_helpers.py)."""
 
 from __future__ import annotations
 
 import secrets
+import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from pipeline_helpers import CORRUPT_FILES, Process, image_bytes
+from pipeline_helpers import Process, clean_env
+from sample_images import CORRUPT_FILES, generated_images, shared_images
+from services import free_port, unavailable
+from sqlalchemy import Engine
+
+from deepscreen.config import Settings
+from deepscreen.db import migrate
+from deepscreen.db.session import make_engine
+from deepscreen.storage import S3Store, make_s3_client
 
 #: Key that marks a Redis database as taken by a test run.
 REDIS_CLAIM_KEY = "deepscreen-test:claimed-by"
 
 
 @pytest.fixture(scope="session")
-def generated_images() -> Callable[[int], dict[str, bytes]]:
-    """``generated_images(n)``: n JPEGs and PNGs plus the corrupt files, by file name."""
+def sample_images() -> Callable[[int], dict[str, bytes]]:
+    """``sample_images(n)``: n images plus the 3 corrupt files, by file name. The images
+    are real faces from ../shared/data when it is there, generated ones otherwise."""
 
     def make(count: int) -> dict[str, bytes]:
-        files = {
-            f"img{i:03d}.{'jpg' if i % 2 else 'png'}": image_bytes(i, "JPEG" if i % 2 else "PNG")
-            for i in range(count)
-        }
-        files.update(CORRUPT_FILES)
-        return files
+        files = shared_images(count) or generated_images(count)
+        assert len(files) == count
+        return {**files, **CORRUPT_FILES}
 
     return make
 
@@ -71,3 +82,117 @@ def start_process(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     yield start
     for process in started:
         process.stop(timeout=30)
+
+
+@pytest.fixture
+def stack_settings(
+    seaweedfs,  # type: ignore[no-untyped-def]
+    make_postgres_database: Callable[[], str],
+    redis_broker_url: str,
+    tmp_path: Path,
+) -> Settings:
+    """S3 on SeaweedFS, a fresh migrated PostgreSQL database, this run's Redis database."""
+    settings = seaweedfs.settings(
+        data_dir=tmp_path / "data",
+        database_url=make_postgres_database(),
+        broker_url=redis_broker_url,
+        s3_max_attempts=3,
+        inference_threads=1,
+    )
+    migrate.upgrade(settings)
+    return settings
+
+
+@pytest.fixture
+def stack_env(stack_settings: Settings) -> dict[str, str]:
+    """The environment of a ``deepscreen`` subprocess on ``stack_settings``."""
+    s = stack_settings
+    return clean_env(
+        data_dir=s.data_dir,
+        database_url=s.database_url,
+        broker_url=s.broker_url,
+        s3_endpoint_url=s.s3_endpoint_url,
+        s3_region=s.s3_region,
+        s3_access_key_id=s.s3_access_key_id,
+        s3_secret_access_key=s.s3_secret_access_key,
+        inference_threads=1,
+        worker_concurrency=1,
+    )
+
+
+@pytest.fixture
+def stack_engine(stack_settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(stack_settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def fill_bucket(
+    stack_settings: Settings, sample_images: Callable[[int], dict[str, bytes]]
+) -> Callable[[int], str]:
+    """``fill_bucket(n)``: a new bucket with n images and the 3 corrupt files under
+    ``incoming/``, and a text file; returns its name."""
+
+    def fill(count: int) -> str:
+        name = f"e2e-{secrets.token_hex(6)}"
+        client = make_s3_client(stack_settings)
+        client.create_bucket(Bucket=name)
+        store = S3Store(name, client)
+        for key, data in sample_images(count).items():
+            store.put(f"incoming/{key}", data)
+        store.put("incoming/readme.txt", b"not an image")
+        return name
+
+    return fill
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port, keeping nothing on disk,
+    which the test may stop and start again (the shared server must not be stopped)."""
+
+    def __init__(self, binary: str, port: int, log: Path) -> None:
+        self.binary, self.port, self.log = binary, port, log
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+                + ["--save", "", "--appendonly", "no"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    pytest.fail(f"redis-server did not start: {self.log.read_text()}")
+                time.sleep(0.1)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        """Stop the server; what it held (queued messages) is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def redis_server(redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:
+    """A running `RedisServer`, stopped at teardown."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed")
+    server = RedisServer(binary, free_port(), tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -12,24 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
+from sqlalchemy import Engine, func, select
+
+from deepscreen.db import queries
+from deepscreen.db.models import Image, ImageStatus, Prediction
+from deepscreen.db.session import make_session_factory, session_scope
 
 ROOT = Path(__file__).resolve().parents[2]
-
-#: Not an image at all, and a PNG cut off after its signature.
-CORRUPT_FILES = {"corrupt.jpg": b"this is not a jpeg", "truncated.png": b"\x89PNG\r\n\x1a\n\0\0"}
-
-
-def image_bytes(seed: int, fmt: str) -> bytes:
-    """A small smooth random image, different for every seed."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    img = Image.fromarray(coarse, "RGB").resize((64 + seed % 9, 48 + seed % 7))
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
 
 
 def clean_env(**settings: Any) -> dict[str, str]:
@@ -90,6 +79,11 @@ class Process:
             self.proc.kill()
             self.proc.wait(30)
 
+    def kill_group(self) -> None:
+        """SIGKILL the process and its pool children at once: a crash, not a shutdown."""
+        self.kill_leftovers()
+        self.proc.wait(30)
+
     def kill_leftovers(self) -> None:
         # Pool children are in the session the worker leads (pgid == its pid).
         try:
@@ -107,3 +101,28 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def verdict_counts(engine: Engine, bucket: str) -> dict[ImageStatus, int]:
+    """Images of ``bucket`` by status."""
+    with session_scope(make_session_factory(engine)) as session:
+        return queries.count_images_by_status(session=session, buckets=[bucket])
+
+
+def pending(engine: Engine, bucket: str) -> int:
+    """Images of ``bucket`` still queued or processing."""
+    counts = verdict_counts(engine, bucket)
+    return counts[ImageStatus.QUEUED] + counts[ImageStatus.PROCESSING]
+
+
+def bucket_results(engine: Engine, bucket: str) -> tuple[list[Image], dict[int, int]]:
+    """The images of ``bucket`` and, per image id, how many predictions it has."""
+    with session_scope(make_session_factory(engine)) as session:
+        images = list(session.scalars(select(Image).where(Image.bucket == bucket)))
+        per_image = session.execute(
+            select(Prediction.image_id, func.count())
+            .join(Image)
+            .where(Image.bucket == bucket)
+            .group_by(Prediction.image_id)
+        ).all()
+    return images, {image_id: int(n) for image_id, n in per_image}

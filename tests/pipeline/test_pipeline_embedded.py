@@ -21,11 +21,11 @@ Images = Callable[[int], dict[str, bytes]]
 
 
 @pytest.fixture
-def folder(tmp_path: Path, generated_images: Images) -> Path:
-    """12 images, 2 corrupt files and a text file."""
+def folder(tmp_path: Path, sample_images: Images) -> Path:
+    """12 images, 3 corrupt files and a text file."""
     path = tmp_path / "photos"
     path.mkdir()
-    for name, data in generated_images(12).items():
+    for name, data in sample_images(12).items():
         (path / name).write_bytes(data)
     (path / "notes.txt").write_text("not an image")
     return path
@@ -64,13 +64,13 @@ def test_run_classifies_a_folder_once_and_reports_where_the_results_are(
     assert first.returncode == 0, first.stdout + first.stderr
     database = settings.data_dir / "deepscreen.sqlite3"
     assert f"results: {database}" in first.stdout
-    assert "14 new, 0 already known, 1 skipped by suffix" in first.stdout
-    assert "14 images: 12 done" in first.stdout and ", 2 failed" in first.stdout
+    assert "15 new, 0 already known, 1 skipped by suffix" in first.stdout
+    assert "15 images: 12 done" in first.stdout and ", 3 failed" in first.stdout
     assert "corrupt.jpg" in first.stdout and "undecodable: " in first.stdout
     images, predictions = results(engine)
-    assert len(images) == 14
+    assert len(images) == 15
     failed = {i.key: i.failure_reason for i in images if i.status is ImageStatus.FAILED}
-    assert sorted(failed) == ["corrupt.jpg", "truncated.png"]
+    assert sorted(failed) == ["corrupt.jpg", "halfway.jpg", "truncated.png"]
     assert all(reason.startswith("undecodable: ") for reason in failed.values())
     done = [i for i in images if i.status is ImageStatus.DONE]
     assert len(done) == 12
@@ -80,8 +80,8 @@ def test_run_classifies_a_folder_once_and_reports_where_the_results_are(
     second = deepscreen("run", str(folder), env=env, cwd=tmp_path)
     # Then nothing is classified twice
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "0 new, 14 already known" in second.stdout
-    assert "14 images: 12 done" in second.stdout
+    assert "0 new, 15 already known" in second.stdout
+    assert "15 images: 12 done" in second.stdout
     images_again, predictions_again = results(engine)
     assert [(p.id, p.created_at) for p in predictions_again] == [
         (p.id, p.created_at) for p in predictions
@@ -100,14 +100,14 @@ def test_run_resumes_images_an_interrupted_run_left_queued(
         session_factory=make_session_factory(engine),
         enqueue=lambda ids: 0,
     )
-    assert summary.new == 14
+    assert summary.new == 15
     # When the folder is run
     proc = deepscreen("run", str(folder), env=env, cwd=tmp_path)
     # Then those images are classified all the same
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "0 new, 14 already known" in proc.stdout
+    assert "0 new, 15 already known" in proc.stdout
     images, predictions = results(engine)
-    assert sorted(i.status.value for i in images) == ["done"] * 12 + ["failed"] * 2
+    assert sorted(i.status.value for i in images) == ["done"] * 12 + ["failed"] * 3
     assert len(predictions) == 12
 
 

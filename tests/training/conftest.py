@@ -22,7 +22,9 @@ def synthetic_face(rng: np.random.Generator, fake: bool, size: int = 32) -> Imag
     """A smooth random image; fakes carry a periodic high-frequency grid, the kind of
     upsampling trace a generator leaves, which a small CNN must learn to see."""
     coarse = rng.uniform(40, 215, size=(6, 6, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float64)
+    img = np.asarray(
+        Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float64
+    )
     if fake:
         yy, xx = np.mgrid[0:size, 0:size]
         grid = ((xx % 4 < 2) ^ (yy % 4 < 2)).astype(np.float64) * 2 - 1
@@ -31,7 +33,9 @@ def synthetic_face(rng: np.random.Generator, fake: bool, size: int = 32) -> Imag
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def write_images(folder: Path, n: int, fake: bool, rng: np.random.Generator, prefix: str = "") -> list[Path]:
+def write_images(
+    folder: Path, n: int, fake: bool, rng: np.random.Generator, prefix: str = ""
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):

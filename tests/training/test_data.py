@@ -47,15 +47,25 @@ def k140_root(tmp_path: Path) -> Path:
 def test_ciplab_reader_labels_and_difficulty(ciplab_root: Path) -> None:
     samples = read_ciplab(ciplab_root)
     assert Counter(s.label for s in samples) == {0: 10, 1: 12}
-    assert Counter(s.difficulty for s in samples if s.label == 1) == {"easy": 4, "mid": 4, "hard": 4}
+    assert Counter(s.difficulty for s in samples if s.label == 1) == {
+        "easy": 4,
+        "mid": 4,
+        "hard": 4,
+    }
     assert all(s.source == "ciplab" and s.split is None for s in samples)
 
 
 def test_140k_reader_keeps_the_layouts_splits(k140_root: Path) -> None:
     samples = read_140k(k140_root)
     counts = Counter((s.split, s.label) for s in samples)
-    assert counts == {("train", 0): 6, ("train", 1): 6, ("valid", 0): 3, ("valid", 1): 3,
-                      ("test", 0): 2, ("test", 1): 2}
+    assert counts == {
+        ("train", 0): 6,
+        ("train", 1): 6,
+        ("valid", 0): 3,
+        ("valid", 1): 3,
+        ("test", 0): 2,
+        ("test", 1): 2,
+    }
     splits = split_samples(samples, 0.5, seed=1)
     assert len(splits["valid"]) == 6 and len(splits["test"]) == 4
 
@@ -68,7 +78,9 @@ def test_tree_and_manifest_readers(tmp_path: Path, synthetic_tree: Path) -> None
         w = csv.writer(fh)
         w.writerow(["path", "label", "split"])
         for s in tree[:5] + tree[-5:]:
-            w.writerow([str(s.path), "real" if s.label == 0 else "fake", "valid" if s.label else ""])
+            w.writerow(
+                [str(s.path), "real" if s.label == 0 else "fake", "valid" if s.label else ""]
+            )
     rows = read_manifest(manifest)
     assert [r.label for r in rows] == [0] * 5 + [1] * 5
     assert [r.split for r in rows] == [None] * 5 + ["valid"] * 5
@@ -101,11 +113,15 @@ def test_split_is_stratified_deterministic_and_stable(synthetic_tree: Path) -> N
     # Adding files never moves an existing file across the split.
     more = split_samples(samples + read_tree(synthetic_tree, source="other"), 0.25, seed=3)
     assert {s.path for s in a["valid"]} <= {s.path for s in more["valid"]}
-    assert {s.path for s in split_samples(samples, 0.25, seed=4)["valid"]} != {s.path for s in a["valid"]}
+    assert {s.path for s in split_samples(samples, 0.25, seed=4)["valid"]} != {
+        s.path for s in a["valid"]
+    }
     assert "tree" in count_table(a) or synthetic_tree.name in count_table(a)
 
 
-def test_load_pixels_drops_unreadable_files_with_reasons(synthetic_tree: Path, tmp_path: Path) -> None:
+def test_load_pixels_drops_unreadable_files_with_reasons(
+    synthetic_tree: Path, tmp_path: Path
+) -> None:
     samples = read_tree(synthetic_tree)[:3]
     broken = tmp_path / "real" / "broken.jpg"
     broken.parent.mkdir()
@@ -122,7 +138,13 @@ def test_shared_data_counts_match_its_readme() -> None:
     samples = read_source(str(SHARED_DATA))
     counts = Counter((s.source, s.split, s.label) for s in samples)
     assert counts[("ciplab", None, 0)] == 877 and counts[("ciplab", None, 1)] == 750
-    assert counts[("ffhq-stylegan", "train", 0)] == 1200 and counts[("ffhq-stylegan", "train", 1)] == 1200
-    assert counts[("ffhq-stylegan", "valid", 0)] == 300 and counts[("ffhq-stylegan", "valid", 1)] == 300
+    assert (
+        counts[("ffhq-stylegan", "train", 0)] == 1200
+        and counts[("ffhq-stylegan", "train", 1)] == 1200
+    )
+    assert (
+        counts[("ffhq-stylegan", "valid", 0)] == 300
+        and counts[("ffhq-stylegan", "valid", 1)] == 300
+    )
     grades = Counter(s.difficulty for s in samples if s.source == "ciplab" and s.label == 1)
     assert set(grades) == {"easy", "mid", "hard"} and sum(grades.values()) == 750

@@ -21,7 +21,14 @@ def test_card_describes_the_committed_file() -> None:
     assert clf.card["export"]["size_bytes"] == len(model)
     if clf.card["export"]["dtype"] == "float16":
         assert len(model) <= 5 * 1024 * 1024
-    for key in ("metrics", "thresholds", "training", "hyperparameters", "libraries", "preprocessing"):
+    for key in (
+        "metrics",
+        "thresholds",
+        "training",
+        "hyperparameters",
+        "libraries",
+        "preprocessing",
+    ):
         assert key in clf.card, key
     assert clf.card["training"]["total_wall_time_s"] > 0
     assert {s["name"] for s in clf.card["training"]["sources"]} == {"ciplab", "ffhq-stylegan"}

@@ -22,10 +22,22 @@ from training.hparams import load_hparams
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "image_size=32", "alpha=0.35", "weights=none", "batch_size=16", "dropout=0.1",
-    "head_epochs=1", "fine_tune_epochs=16", "fine_tune_from=0", "fine_tune_learning_rate=0.002",
-    "early_stopping_patience=16", "label_smoothing=0", "val_fraction=0.25",
-    "crop_min_scale=1.0", "jpeg_probability=0", "color_jitter=0", "min_val_auc=0.9",
+    "image_size=32",
+    "alpha=0.35",
+    "weights=none",
+    "batch_size=16",
+    "dropout=0.1",
+    "head_epochs=1",
+    "fine_tune_epochs=16",
+    "fine_tune_from=0",
+    "fine_tune_learning_rate=0.002",
+    "early_stopping_patience=16",
+    "label_smoothing=0",
+    "val_fraction=0.25",
+    "crop_min_scale=1.0",
+    "jpeg_probability=0",
+    "color_jitter=0",
+    "min_val_auc=0.9",
     # float16 rounding moves this small from-scratch model's scores by about 0.01, the
     # parity tolerance itself; the float16 path is tested on its own below.
     "export_dtype=float32",
@@ -41,8 +53,18 @@ def trained(synthetic_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """Train and export the tiny model once through `deepscreen train`."""
     out = tmp_path_factory.mktemp("model")
     work = tmp_path_factory.mktemp("work")
-    rc = main(["train", "--data", f"tree:{synthetic_tree}", "--out", str(out),
-               "--work-dir", str(work), *_args(TINY)])
+    rc = main(
+        [
+            "train",
+            "--data",
+            f"tree:{synthetic_tree}",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(work),
+            *_args(TINY),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -101,23 +123,52 @@ def _work_dir_of(model_dir: Path) -> Path:
     return found[0]
 
 
-def test_evaluate_and_export_commands(trained: Path, synthetic_tree: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["evaluate", "--data", f"tree:{synthetic_tree}", "--model", str(trained),
-               "--out", str(tmp_path / "eval"), *_args(TINY)])
+def test_evaluate_and_export_commands(
+    trained: Path, synthetic_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            f"tree:{synthetic_tree}",
+            "--model",
+            str(trained),
+            "--out",
+            str(tmp_path / "eval"),
+            *_args(TINY),
+        ]
+    )
     assert rc == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     card = json.loads((trained / "model_card.json").read_text())
     # Same split, same decoder, same file: the evaluation reproduces the card's figures.
     assert metrics["overall"]["operating"]["accuracy"] == pytest.approx(
-        card["metrics"]["validation"]["overall"]["operating"]["accuracy"], abs=1e-9)
+        card["metrics"]["validation"]["overall"]["operating"]["accuracy"], abs=1e-9
+    )
     assert "report written" in capsys.readouterr().out
 
 
-def test_float16_export_halves_the_file(trained: Path, synthetic_tree: Path, tmp_path: Path) -> None:
-    rc = main(["export", "--data", f"tree:{synthetic_tree}", "--keras", str(_work_dir_of(trained)),
-               "--out", str(tmp_path / "fp16"), "--dtype", "float16", *_args(TINY),
-               "--set", "parity_tolerance=0.05", "--set", "threshold_policy=half"])
+def test_float16_export_halves_the_file(
+    trained: Path, synthetic_tree: Path, tmp_path: Path
+) -> None:
+    rc = main(
+        [
+            "export",
+            "--data",
+            f"tree:{synthetic_tree}",
+            "--keras",
+            str(_work_dir_of(trained)),
+            "--out",
+            str(tmp_path / "fp16"),
+            "--dtype",
+            "float16",
+            *_args(TINY),
+            "--set",
+            "parity_tolerance=0.05",
+            "--set",
+            "threshold_policy=half",
+        ]
+    )
     assert rc == 0
     card = json.loads((tmp_path / "fp16" / "model_card.json").read_text())
     assert card["export"]["dtype"] == "float16"
@@ -130,8 +181,22 @@ def test_export_refuses_a_model_outside_the_parity_tolerance(
 ) -> None:
     # Given a tolerance that float16 rounding cannot meet
     out = tmp_path / "refused"
-    rc = main(["export", "--data", f"tree:{synthetic_tree}", "--keras", str(_work_dir_of(trained)),
-               "--out", str(out), "--dtype", "float16", *_args(TINY), "--set", "parity_tolerance=1e-9"])
+    rc = main(
+        [
+            "export",
+            "--data",
+            f"tree:{synthetic_tree}",
+            "--keras",
+            str(_work_dir_of(trained)),
+            "--out",
+            str(out),
+            "--dtype",
+            "float16",
+            *_args(TINY),
+            "--set",
+            "parity_tolerance=1e-9",
+        ]
+    )
     # Then the export is refused and nothing is written
     assert rc == 3
     assert not out.exists()
@@ -140,7 +205,9 @@ def test_export_refuses_a_model_outside_the_parity_tolerance(
 def test_gate_refuses_noise_labels(synthetic_tree: Path, tmp_path: Path) -> None:
     # Given labels that carry no information (images shuffled between real/ and fake/)
     noisy = tmp_path / "noisy"
-    files = sorted((synthetic_tree / "real").glob("*.png")) + sorted((synthetic_tree / "fake").glob("*.png"))
+    files = sorted((synthetic_tree / "real").glob("*.png")) + sorted(
+        (synthetic_tree / "fake").glob("*.png")
+    )
     rng = np.random.default_rng(0)
     for i, src in enumerate(rng.permutation(np.array(files, dtype=object))):
         dest = noisy / ("real" if i % 2 else "fake") / f"{i:04d}.png"
@@ -148,8 +215,18 @@ def test_gate_refuses_noise_labels(synthetic_tree: Path, tmp_path: Path) -> None
         shutil.copy(src, dest)
     out = tmp_path / "out"
     # When the same recipe trains on them
-    rc = main(["train", "--data", f"tree:{noisy}", "--out", str(out), "--work-dir",
-               str(tmp_path / "w"), *_args(TINY)])
+    rc = main(
+        [
+            "train",
+            "--data",
+            f"tree:{noisy}",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "w"),
+            *_args(TINY),
+        ]
+    )
     # Then the gate refuses the model and nothing is exported
     assert rc == 3
     assert not out.exists()

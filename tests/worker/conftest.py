@@ -8,45 +8,26 @@ own folder, hence its own bucket, so tests in a module never see each other's ro
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from sample_images import CORRUPT_FILES, generated_images
 
 from deepscreen.config import Settings
 from deepscreen.inference import Classifier
 from worker.runtime import Runtime
 
-#: Not an image at all, and a PNG cut off after its signature.
-CORRUPT_FILES = {"corrupt.jpg": b"this is not a jpeg", "truncated.png": b"\x89PNG\r\n\x1a\n\0\0"}
-
-
-def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
-    """A small smooth random image, different for every seed."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    img = Image.fromarray(coarse, "RGB").resize((60 + seed % 7, 40 + seed % 5))
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
-
 
 def write_images(folder: Path, count: int, *, corrupt: bool = True) -> list[str]:
     """``count`` JPEGs and PNGs (plus the corrupt files) in ``folder``; returns the keys."""
     folder.mkdir(parents=True, exist_ok=True)
-    keys = []
-    for i in range(count):
-        key = f"img{i:03d}.jpg" if i % 2 else f"img{i:03d}.png"
-        (folder / key).write_bytes(image_bytes(i, "JPEG" if i % 2 else "PNG"))
-        keys.append(key)
+    files = generated_images(count)
     if corrupt:
-        for key, data in CORRUPT_FILES.items():
-            (folder / key).write_bytes(data)
-            keys.append(key)
-    return sorted(keys)
+        files.update(CORRUPT_FILES)
+    for key, data in files.items():
+        (folder / key).write_bytes(data)
+    return sorted(files)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

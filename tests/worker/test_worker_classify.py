@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sample_images import CORRUPT_FILES
 from sqlalchemy import func, select, update
 
 from deepscreen.commands.ingest import ingest
@@ -57,17 +58,17 @@ def predictions(runtime: Runtime, ids: list[int]) -> list[Prediction]:
 def test_good_images_get_a_prediction_and_corrupt_ones_fail_with_a_reason(
     runtime: Runtime, folder: Path, make_images: MakeImages
 ) -> None:
-    # Given 6 images and 2 corrupt files, registered
+    # Given 6 images and 3 corrupt files, registered
     make_images(folder, 6)
     ids = register(runtime, folder)
-    assert len(ids) == 8
+    assert len(ids) == 9
     # When one batch classifies them
     outcome = classify_batch(ids, runtime=runtime, task_id="t-1")
     # Then the good ones are done with one prediction each, the corrupt ones failed
     rows = images(runtime, ids)
     good = [i for i in rows.values() if i.key.startswith("img")]
     assert sorted(outcome.classified) == sorted(i.id for i in good)
-    assert {rows["corrupt.jpg"].id, rows["truncated.png"].id} == set(outcome.failed)
+    assert {rows[key].id for key in CORRUPT_FILES} == set(outcome.failed)
     for image in good:
         assert image.status is ImageStatus.DONE
         assert image.failure_reason is None
@@ -78,7 +79,7 @@ def test_good_images_get_a_prediction_and_corrupt_ones_fail_with_a_reason(
         assert image.content_type == ("image/png" if image.key.endswith(".png") else "image/jpeg")
         seed = int(image.key[3:6])
         assert (image.width, image.height) == (60 + seed % 7, 40 + seed % 5)
-    for key in ("corrupt.jpg", "truncated.png"):
+    for key in CORRUPT_FILES:
         assert rows[key].status is ImageStatus.FAILED
         assert rows[key].failure_reason.startswith("undecodable: ")
         assert rows[key].sha256 is not None  # read, just not decodable

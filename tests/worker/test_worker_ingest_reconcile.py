@@ -45,7 +45,7 @@ class Recorder:
 def test_ingest_registers_new_images_and_enqueues_them_after_commit(
     runtime: Runtime, folder: Path, make_images: MakeImages
 ) -> None:
-    # Given 9 images, 2 corrupt files (still images by name) and a file of another kind
+    # Given 9 images, 3 corrupt files (still images by name) and a file of another kind
     make_images(folder, 9)
     (folder / "notes.txt").write_text("not an image")
     sent = Recorder(runtime)
@@ -57,12 +57,12 @@ def test_ingest_registers_new_images_and_enqueues_them_after_commit(
         enqueue=sent,
     )
     # Then every image is registered once, queued, and sent in batches of the batch size (4)
-    assert (summary.new, summary.known, summary.skipped) == (11, 0, 1)
+    assert (summary.new, summary.known, summary.skipped) == (12, 0, 1)
     assert summary.tasks == len(sent.batches) == 3
-    assert [len(b) for b in sent.batches] == [4, 4, 3]
+    assert [len(b) for b in sent.batches] == [4, 4, 4]
     with session_scope(runtime.session_factory) as session:
         rows = queries.get_images(session=session, ids=sent.ids)
-    assert len(rows) == 11
+    assert len(rows) == 12
     assert {r.status for r in rows} == {ImageStatus.QUEUED}
     assert {r.bucket for r in rows} == {folder.as_uri()}
 

@@ -1,0 +1,63 @@
+"""Images for the pipeline tests: generated ones, corrupt files, and real faces from
+``../shared/data`` when it is there (a clone without it falls back to generated ones)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
+    """A small smooth random image of (60 + seed % 7) x (40 + seed % 5) pixels."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize((60 + seed % 7, 40 + seed % 5))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+#: Three files named like images that no decoder accepts: not an image at all, a PNG
+#: cut off after its signature, and a real JPEG cut off halfway through its data.
+CORRUPT_FILES = {
+    "corrupt.jpg": b"this is not a jpeg",
+    "truncated.png": b"\x89PNG\r\n\x1a\n\0\0",
+    "halfway.jpg": image_bytes(99)[: len(image_bytes(99)) // 2],
+}
+
+
+def generated_images(count: int) -> dict[str, bytes]:
+    """``count`` JPEGs and PNGs by file name: ``img000.png``, ``img001.jpg``, ..."""
+    return {
+        f"img{i:03d}.{'jpg' if i % 2 else 'png'}": image_bytes(i, "JPEG" if i % 2 else "PNG")
+        for i in range(count)
+    }
+
+
+def shared_images(count: int) -> dict[str, bytes] | None:
+    """``count`` real and fake faces from ``../shared/data``, both sources and labels
+    taken in turn, by a flat file name that keeps source and label; None when absent."""
+    manifest = SHARED_DATA / "MANIFEST.csv"
+    if not manifest.is_file():
+        return None
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in sorted(rows, key=lambda r: r["path"]):
+        groups.setdefault((row["source"], row["label"]), []).append(row)
+    picked: list[dict[str, str]] = []
+    turns = [iter(groups[key]) for key in sorted(groups)]
+    while len(picked) < count:
+        picked.extend(row for row in (next(t, None) for t in turns) if row is not None)
+    return {
+        f"{row['source']}-{row['label']}-{Path(row['path']).name}": (
+            SHARED_DATA / row["path"]
+        ).read_bytes()
+        for row in picked[:count]
+    }
