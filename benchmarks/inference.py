@@ -16,7 +16,6 @@ A script, not a test: numbers depend on what else the machine is doing.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import io
 import json
@@ -29,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import SHARED_DATA, load_average, load_shared
 from PIL import Image
 
 from deepscreen.imaging import decode_image
 from deepscreen.inference import CARD_FILE, Classifier, default_model_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TARGET_RATE = 100.0
 TARGET_RATIO = 10.0
 
@@ -59,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and print the table; returns the exit status."""
     args = parse_args(argv)
     model_dir = Path(args.model) if args.model else default_model_dir()
-    print(f"model: {model_dir}  cpus: {os.cpu_count()}  load average: {_load()}")
+    print(f"model: {model_dir}  cpus: {os.cpu_count()}  load average: {load_average()}")
     shared = load_shared(args.n)
     big = make_big_jpegs(args.big)
     print(
@@ -109,17 +107,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
     return parser.parse_args(argv)
-
-
-def load_shared(n: int) -> list[bytes]:
-    """Bytes of ``n`` images spread evenly over ../shared/data/MANIFEST.csv."""
-    manifest = SHARED_DATA / "MANIFEST.csv"
-    if not manifest.is_file() or n <= 0:
-        return []
-    with manifest.open(newline="") as fh:
-        paths = [row["path"] for row in csv.DictReader(fh)]
-    step = max(1, len(paths) // n)
-    return [(SHARED_DATA / p).read_bytes() for p in paths[::step][:n]]
 
 
 def make_big_jpegs(n: int, side: int = 1024) -> list[bytes]:
@@ -279,13 +266,6 @@ def report_targets(results: list[Result], keras_result: Result | None) -> None:
             f"ratio to Keras per-image predict ({keras_result.rate:.1f} images/s): "
             f"{ratio:.1f}x; target >= {TARGET_RATIO:.0f}x: {ok}"
         )
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":
