@@ -254,6 +254,71 @@ class Settings:
         ),
     )
 
+    review_band: float = field(
+        default=0.15,
+        metadata=_var(
+            "REVIEW_BAND",
+            "A verdict whose score is within this distance of the model's threshold goes to "
+            "the review queue (uncertain); `0` turns that off.",
+            minimum=0,
+        ),
+    )
+    review_fakes: bool = field(
+        default=True,
+        metadata=_var("REVIEW_FAKES", "Every fake verdict goes to the review queue."),
+    )
+    review_audit_rate: float = field(
+        default=0.02,
+        metadata=_var(
+            "REVIEW_AUDIT_RATE",
+            "Share (0-1) of confident real verdicts sampled into the queue for audit.",
+            minimum=0,
+        ),
+    )
+    review_claim_seconds: int = field(
+        default=300,
+        metadata=_var(
+            "REVIEW_CLAIM_SECONDS",
+            "How long an item a moderator opened stays claimed by them.",
+            minimum=1,
+        ),
+    )
+    secret_key: str = field(
+        default="",
+        repr=False,
+        metadata=_var(
+            "SECRET_KEY",
+            "Signs the dashboard's session cookies and CSRF tokens. Empty: a random key is "
+            "made once and kept in `<DATA_DIR>/secret_key`. Set it (the same on every "
+            "dashboard instance) in production.",
+            default_doc="empty",
+        ),
+    )
+    cookie_secure: bool = field(
+        default=True,
+        metadata=_var(
+            "COOKIE_SECURE",
+            "Send the dashboard's session cookie over HTTPS only. Browsers also accept it "
+            "on http://localhost; set `false` only for plain HTTP on another host.",
+        ),
+    )
+    login_max_failures: int = field(
+        default=5,
+        metadata=_var(
+            "LOGIN_MAX_FAILURES",
+            "Failed logins in a row after which an account is locked for a while.",
+            minimum=1,
+        ),
+    )
+    login_lockout_seconds: int = field(
+        default=300,
+        metadata=_var(
+            "LOGIN_LOCKOUT_SECONDS",
+            "First lockout after too many failed logins; doubles with each further failure.",
+            minimum=1,
+        ),
+    )
+
     def __post_init__(self) -> None:
         # Frozen: normalise through object.__setattr__, once, at construction.
         data_dir = Path(self.data_dir).expanduser().absolute()
@@ -276,6 +341,10 @@ class Settings:
                 f"{_env_name('broker_visibility_timeout')}={self.broker_visibility_timeout} "
                 f"must be greater than {_env_name('task_time_limit')}={self.task_time_limit}, "
                 "or long tasks are delivered twice"
+            )
+        if self.review_audit_rate > 1:
+            raise ConfigError(
+                f"{_env_name('review_audit_rate')}={self.review_audit_rate} must be at most 1"
             )
         if self.reconcile_after <= self.task_time_limit:
             raise ConfigError(
@@ -349,6 +418,8 @@ def _env_name(field_name: str) -> str:
 
 
 def _default_doc(value: object) -> str:
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
     if isinstance(value, tuple):
         return "`" + ",".join(map(str, value)) + "`"
     return f"`{value}`"
@@ -363,7 +434,20 @@ def _parse_tuple(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+
+
 _PARSERS: dict[Any, Callable[[str], Any]] = {
+    bool: _parse_bool,
     str: str,
     int: int,
     float: float,

@@ -71,6 +71,14 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_SCAN_INTERVAL": "30",
         "DEEPSCREEN_RECONCILE_INTERVAL": "15",
         "DEEPSCREEN_RECONCILE_AFTER": "120",
+        "DEEPSCREEN_REVIEW_BAND": "0.2",
+        "DEEPSCREEN_REVIEW_FAKES": "no",
+        "DEEPSCREEN_REVIEW_AUDIT_RATE": "0.5",
+        "DEEPSCREEN_REVIEW_CLAIM_SECONDS": "60",
+        "DEEPSCREEN_SECRET_KEY": "k" * 32,
+        "DEEPSCREEN_COOKIE_SECURE": "false",
+        "DEEPSCREEN_LOGIN_MAX_FAILURES": "3",
+        "DEEPSCREEN_LOGIN_LOCKOUT_SECONDS": "30",
     }
     settings = Settings.from_env(env)
     # Every field has a variable, and this test sets every one of them.
@@ -85,13 +93,28 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert not settings.is_sqlite
 
 
+@pytest.mark.parametrize(
+    ("raw", "value"), [("1", True), ("TRUE", True), ("on", True), ("0", False), ("No", False)]
+)
+def test_booleans_are_read_in_the_usual_spellings(raw: str, value: bool) -> None:
+    assert Settings.from_env({"DEEPSCREEN_COOKIE_SECURE": raw}).cookie_secure is value
+
+
+def test_a_malformed_boolean_or_an_audit_rate_above_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="DEEPSCREEN_REVIEW_FAKES='maybe'"):
+        Settings.from_env({"DEEPSCREEN_REVIEW_FAKES": "maybe"})
+    with pytest.raises(ConfigError, match="DEEPSCREEN_REVIEW_AUDIT_RATE=1.5 must be at most 1"):
+        Settings(review_audit_rate=1.5)
+
+
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().classify_batch_size = 1  # type: ignore[misc]
 
 
-def test_secret_is_not_in_repr() -> None:
-    assert "s3cr3t" not in repr(Settings(s3_secret_access_key="s3cr3t"))
+def test_secrets_are_not_in_repr() -> None:
+    text = repr(Settings(s3_secret_access_key="s3cr3t", secret_key="cookie-signing-key"))
+    assert "s3cr3t" not in text and "cookie-signing-key" not in text
 
 
 def test_empty_values_mean_default() -> None:

@@ -34,6 +34,7 @@ from deepscreen.db.models import Image, ImageStatus
 from deepscreen.db.session import session_scope
 from deepscreen.errors import DeepscreenError, PermanentError, TransientError
 from deepscreen.imaging import DecodedImage
+from deepscreen.review import record_verdicts
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,13 @@ def _infer_and_record(
     by_id = {f.claimed.image_id: f for f in fetched}
     with session_scope(runtime.session_factory) as session:
         queries.add_predictions(session=session, rows=predictions)
+        record_verdicts(
+            session=session,
+            image_ids=[row["image_id"] for row in predictions],
+            model_version_id=version_id,
+            settings=runtime.settings,
+            now=now,
+        )
         for image in queries.get_images(session=session, ids=by_id):
             item = by_id[image.id]
             if item.sha256 is not None:

@@ -39,7 +39,7 @@ class ImageSource(enum.StrEnum):
     API = "api"  # submitted through the dashboard or its API
 
 
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
+def enum_column(cls: type[enum.Enum], name: str) -> Enum:
     """Stored by value as VARCHAR plus a CHECK constraint: portable, and adding a
     member is a constraint change rather than a PostgreSQL ``ALTER TYPE``."""
     return Enum(
@@ -53,7 +53,7 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
     )
 
 
-def _created_at() -> Mapped[datetime]:
+def created_at_column() -> Mapped[datetime]:
     return mapped_column(default=utcnow, server_default=func.now())
 
 
@@ -76,16 +76,16 @@ class Image(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[ImageStatus] = mapped_column(
-        _enum(ImageStatus, "image_status"),
+        enum_column(ImageStatus, "image_status"),
         default=ImageStatus.QUEUED,
         server_default=ImageStatus.QUEUED.value,
     )
     #: ``code: message`` of the error that failed the image, e.g. ``undecodable: ...``.
     failure_reason: Mapped[str | None] = mapped_column(Text)
-    source: Mapped[ImageSource] = mapped_column(_enum(ImageSource, "image_source"))
+    source: Mapped[ImageSource] = mapped_column(enum_column(ImageSource, "image_source"))
     #: How many times a worker started on the image (bounds redelivery loops).
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         default=utcnow, onupdate=utcnow, server_default=func.now()
     )
@@ -126,7 +126,7 @@ class ModelVersion(Base):
     #: The model card: labels, threshold, preprocessing, metrics.
     card: Mapped[dict[str, Any]] = mapped_column()
     active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = created_at_column()
 
     __table_args__ = (
         # Partial unique index: many inactive rows, at most one active one.
@@ -159,7 +159,7 @@ class Prediction(Base):
     #: The decision threshold the label was derived with.
     threshold: Mapped[float] = mapped_column(Float)
     inference_ms: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = created_at_column()
 
     image: Mapped[Image] = relationship(back_populates="predictions")
     model_version: Mapped[ModelVersion] = relationship()

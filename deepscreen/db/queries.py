@@ -50,7 +50,7 @@ def register_images(
     ascending; objects already known are not in the list.
     """
     now = now or utcnow()
-    insert = _dialect_insert(session)
+    insert = dialect_insert(session)
     new_ids: list[int] = []
     rows = iter(_unique_rows(objects, source=source, now=now))
     while chunk := list(islice(rows, INSERT_CHUNK)):
@@ -87,7 +87,7 @@ def _unique_rows(
         }
 
 
-def _dialect_insert(session: Session) -> Any:
+def dialect_insert(session: Session) -> Any:
     name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert
@@ -145,7 +145,7 @@ def ensure_model_version(
     row is returned as it is. Insert-or-ignore, so concurrent workers starting with
     the same model register it once.
     """
-    insert = _dialect_insert(session)
+    insert = dialect_insert(session)
     values = {"sha256": sha256, "name": name, "location": location, "card": card}
     # No conflict target: the first statement also yields to the partial unique index
     # on ``active`` (another model is active), the second only to the sha256.
@@ -172,7 +172,7 @@ def add_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> int:
     Unique (image, model version) plus ``ON CONFLICT DO NOTHING`` makes a redelivered
     or concurrently run batch harmless. Returns how many rows were inserted.
     """
-    insert = _dialect_insert(session)
+    insert = dialect_insert(session)
     inserted = 0
     for start in range(0, len(rows), INSERT_CHUNK):
         stmt = (
