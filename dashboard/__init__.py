@@ -1,1 +1,90 @@
-"""The Flask moderator dashboard (issue 4)."""
+"""The moderator dashboard: a Flask app factory, blueprints and templates.
+
+`create_app(settings=None)` builds the app (nothing happens at import). It reads the
+same database as the workers and starts work only by sending Celery task *names*,
+so it never imports LiteRT or TensorFlow. Served by gunicorn (`deepscreen dashboard`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from deepscreen.config import Settings
+
+#: Where an empty ``DEEPSCREEN_SECRET_KEY`` is replaced by a generated one.
+SECRET_KEY_FILE = "secret_key"
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """The dashboard for ``settings`` (default: from the environment).
+
+    ``overrides`` go into ``app.config`` last (tests use them, e.g. ``TESTING=True``).
+    """
+    from dashboard import api, audit, auth, db, models_page, ops, review, stats, users
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or _stored_secret_key(settings.data_dir),
+        SESSION_COOKIE_NAME="deepscreen_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        MAX_CONTENT_LENGTH=1024 * 1024,  # forms only: nothing large is ever posted
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.config.update(overrides)
+    app.extensions["deepscreen.settings"] = settings
+
+    db.init_app(app, settings)
+    auth.init_app(app)
+    for blueprint in (
+        auth.bp,
+        review.bp,
+        audit.bp,
+        users.bp,
+        stats.bp,
+        models_page.bp,
+        api.bp,
+        ops.bp,
+    ):
+        app.register_blueprint(blueprint)
+    ops.init_app(app)
+    app.register_error_handler(HTTPException, _error_page)
+    return app
+
+
+def _error_page(exc: HTTPException) -> Any:
+    """JSON for the API and JSON clients, a page for browsers."""
+    code = exc.code or 500
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    if request.path.startswith("/api/") or best == "application/json":
+        return jsonify(error=exc.description or exc.name), code
+    return render_template(
+        "error.html", code=code, name=exc.name, description=exc.description
+    ), code
+
+
+def _stored_secret_key(data_dir: Path) -> str:
+    """A random key made once and kept (mode 0600) under the data folder, so sessions
+    survive a restart and every gunicorn worker signs with the same key."""
+    path = data_dir / SECRET_KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        try:
+            fd = path.open("x", encoding="ascii")
+        except FileExistsError:  # another worker made it first
+            return path.read_text(encoding="ascii").strip()
+        with fd:
+            path.chmod(0o600)
+            fd.write(key)
+        return key
+    return path.read_text(encoding="ascii").strip()

@@ -132,8 +132,9 @@ class Verdict(Base):
     claimer: Mapped[User | None] = relationship()
 
     __table_args__ = (
-        # The queue: open items by priority, then age; keyset pagination on these.
-        Index("ix_verdicts_queue", "state", "priority", "image_created_at", "id"),
+        # The queue: by state, highest priority first, then oldest; keyset pagination
+        # walks this index in its own order.
+        Index("ix_verdicts_queue", "state", text("priority DESC"), "image_created_at", "id"),
         Index("ix_verdicts_final_label_image_created_at", "final_label", "image_created_at"),
         Index("ix_verdicts_model_version_id", "model_version_id"),
         Index("ix_verdicts_image_created_at", "image_created_at"),

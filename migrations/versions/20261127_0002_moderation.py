@@ -283,7 +283,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_verdicts_image_created_at", ["image_created_at"], unique=False)
         batch_op.create_index("ix_verdicts_model_version_id", ["model_version_id"], unique=False)
         batch_op.create_index(
-            "ix_verdicts_queue", ["state", "priority", "image_created_at", "id"], unique=False
+            "ix_verdicts_queue",
+            ["state", sa.text("priority DESC"), "image_created_at", "id"],
+            unique=False,
         )
         batch_op.create_index("ix_verdicts_score", ["score"], unique=False)
 

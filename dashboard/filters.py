@@ -1,0 +1,147 @@
+"""The filters of the review queue, the image list, bulk actions and the read API.
+
+`VerdictFilter.from_args(request.args)` reads them from a query string; values that
+do not parse are dropped and reported, never passed to SQL (every filter is a bound
+parameter). `apply(stmt)` narrows a ``select`` over `Verdict`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Select
+
+from deepscreen.db.base import utcnow
+from deepscreen.db.models import ImageSource
+from deepscreen.db.moderation import ReviewReason, ReviewState, Verdict
+
+#: ``state=queue`` (the default of the review queue): open and escalated items.
+QUEUE_STATES = (ReviewState.OPEN, ReviewState.ESCALATED)
+
+
+@dataclass(frozen=True)
+class VerdictFilter:
+    label: str | None = None  # the final label (human decision, else the model's)
+    score_min: float | None = None
+    score_max: float | None = None
+    model_version: int | None = None  # model_versions.id
+    source: ImageSource | None = None
+    since: date | None = None  # registered on or after
+    until: date | None = None  # registered on or before
+    #: A `ReviewState` value, ``queue`` (open or escalated) or ``all``.
+    state: str | None = None
+    reason: ReviewReason | None = None
+    flagged: bool | None = None
+
+    @classmethod
+    def from_args(
+        cls, args: Mapping[str, str], *, default_state: str | None = None
+    ) -> tuple[VerdictFilter, list[str]]:
+        """The filter in ``args`` and a message per value that was ignored."""
+        errors: list[str] = []
+        values: dict[str, Any] = {}
+
+        def read(name: str, parse: Any) -> None:
+            raw = (args.get(name) or "").strip()
+            if not raw:
+                return
+            try:
+                values[name] = parse(raw)
+            except (ValueError, KeyError):
+                errors.append(f"ignored {name}={raw[:40]!r}")
+
+        read("label", _label)
+        read("score_min", _probability)
+        read("score_max", _probability)
+        read("model_version", _positive_int)
+        read("source", ImageSource)
+        read("since", date.fromisoformat)
+        read("until", date.fromisoformat)
+        read("state", _state)
+        read("reason", ReviewReason)
+        read("flagged", _boolean)
+        values.setdefault("state", default_state)
+        return cls(**values), errors
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.label is not None:
+            stmt = stmt.where(Verdict.final_label == self.label)
+        if self.score_min is not None:
+            stmt = stmt.where(Verdict.score >= self.score_min)
+        if self.score_max is not None:
+            stmt = stmt.where(Verdict.score <= self.score_max)
+        if self.model_version is not None:
+            stmt = stmt.where(Verdict.model_version_id == self.model_version)
+        if self.source is not None:
+            stmt = stmt.where(Verdict.source == self.source)
+        if self.since is not None:
+            stmt = stmt.where(Verdict.image_created_at >= _midnight(self.since))
+        if self.until is not None:
+            stmt = stmt.where(Verdict.image_created_at < _midnight(self.until + timedelta(days=1)))
+        if self.state == "queue":
+            stmt = stmt.where(Verdict.state.in_(QUEUE_STATES))
+        elif self.state not in (None, "all"):
+            stmt = stmt.where(Verdict.state == ReviewState(self.state))
+        if self.reason is not None:
+            stmt = stmt.where(Verdict.reason == self.reason)
+        if self.flagged is not None:
+            stmt = stmt.where(Verdict.flagged.is_(self.flagged))
+        return stmt
+
+    def to_args(self) -> dict[str, str]:
+        """The filter as query-string arguments (for links and hidden form fields)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                out[f.name] = "true" if value else "false"
+            elif isinstance(value, date):
+                out[f.name] = value.isoformat()
+            else:
+                out[f.name] = str(getattr(value, "value", value))
+        return out
+
+
+def _label(raw: str) -> str:
+    if len(raw) > 64:
+        raise ValueError("too long")
+    return raw
+
+
+def _probability(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError("not in [0, 1]")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("not positive")
+    return value
+
+
+def _state(raw: str) -> str:
+    if raw in ("queue", "all"):
+        return raw
+    return ReviewState(raw).value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=utcnow().tzinfo)
