@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:
             # A slim install (a worker image, say) may lack an app; its commands go missing,
             # the others still work.
-            log.warning("command %r unavailable: %s", ep.name, exc)
+            log.debug("command %r unavailable: %s", ep.name, exc)
             continue
         register(subparsers)
     return parser
