@@ -92,9 +92,9 @@ class VerdictFilter:
             stmt = stmt.where(Verdict.flagged.is_(self.flagged))
         return stmt
 
-    def to_args(self) -> dict[str, str]:
+    def to_args(self) -> dict[str, Any]:
         """The filter as query-string arguments (for links and hidden form fields)."""
-        out: dict[str, str] = {}
+        out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
