@@ -204,6 +204,15 @@ class Settings:
             "WORKER_CONCURRENCY", "Worker processes; `0` means one per CPU core.", minimum=0
         ),
     )
+    worker_metrics_port: int = field(
+        default=0,
+        metadata=_var(
+            "WORKER_METRICS_PORT",
+            "Port on which `deepscreen worker` serves Prometheus metrics (tasks, latency, "
+            "images, queue depth) at `/metrics`; `0` turns them off.",
+            minimum=0,
+        ),
+    )
     task_soft_time_limit: int = field(
         default=300,
         metadata=_var(

@@ -64,6 +64,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_INFERENCE_THREADS": "2",
         "DEEPSCREEN_IMAGE_SUFFIXES": "JPG, .png,webp",
         "DEEPSCREEN_WORKER_CONCURRENCY": "3",
+        "DEEPSCREEN_WORKER_METRICS_PORT": "9464",
         "DEEPSCREEN_TASK_SOFT_TIME_LIMIT": "10",
         "DEEPSCREEN_TASK_TIME_LIMIT": "20",
         "DEEPSCREEN_TASK_MAX_RETRIES": "0",

@@ -37,10 +37,15 @@ from deepscreen.storage import open_store
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 WORKER_DOCKERFILE = ROOT / "worker" / "Dockerfile"
+DASHBOARD_DOCKERFILE = ROOT / "dashboard" / "Dockerfile"
 DOCKERFILES = sorted({*ROOT.glob("Dockerfile*"), *ROOT.glob("*/Dockerfile*")})
 BACKENDS = ("redis", "postgres", "seaweedfs")
 APP_SERVICES = ("migrate", "worker", "beat")
 ONE_SHOT = {"migrate"}
+#: What each image's ``pip install`` may install: the project with one extra.
+IMAGE_INSTALLS = {WORKER_DOCKERFILE: [".[worker]"], DASHBOARD_DOCKERFILE: [".[dashboard]"]}
+#: Variables the dashboard sets on top of the shared environment.
+DASHBOARD_ONLY = {"DEEPSCREEN_SECRET_KEY", "DEEPSCREEN_COOKIE_SECURE"}
 SETTINGS_VARIABLES = frozenset(f.metadata["env"] for f in dataclasses.fields(Settings))
 TENSORFLOW = re.compile(r"^(tensorflow|keras|tf-)")  # canonical distribution names
 _COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}")
@@ -107,11 +112,12 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 
 def test_every_part_of_the_deployment_is_a_service(services: Services) -> None:
-    assert set(BACKENDS + APP_SERVICES) <= services.keys()
+    assert set(BACKENDS + APP_SERVICES + ("dashboard",)) <= services.keys()
     assert services["redis"]["image"].startswith("redis:7")
     assert services["postgres"]["image"].startswith("postgres:16")
     assert services["seaweedfs"]["image"].startswith("chrislusf/seaweedfs:")
     assert all(dockerfile_of(services[name]) == WORKER_DOCKERFILE for name in APP_SERVICES)
+    assert dockerfile_of(services["dashboard"]) == DASHBOARD_DOCKERFILE
     for name, service in services.items():
         if (dockerfile := dockerfile_of(service)) is not None:
             assert dockerfile.is_file() and (ROOT / service["build"]["context"]).is_dir(), name
@@ -155,6 +161,11 @@ def test_environment_builds_the_settings_the_services_expect(
     assert [url.username, url.password, url.database] == [pg[name] for name in names]
     assert urlsplit(settings.broker_url)[:2] == ("redis", "redis:6379")
     assert settings.s3_endpoint_url == "http://seaweedfs:8333"
+    # And the dashboard reads the same environment, plus its own cookie settings
+    dashboard = {k: str(v) for k, v in services["dashboard"]["environment"].items()}
+    assert dashboard.keys() - envs[0].keys() <= DASHBOARD_ONLY
+    assert {k: v for k, v in dashboard.items() if k not in DASHBOARD_ONLY} == envs[0]
+    assert Settings.from_env(dashboard).database_url == settings.database_url
     identities = json.loads(compose["configs"]["seaweedfs-s3"]["content"])["identities"]
     keys = {(c["accessKey"], c["secretKey"]) for i in identities for c in i["credentials"]}
     assert (settings.s3_access_key_id, settings.s3_secret_access_key) in keys
@@ -179,13 +190,14 @@ def test_dependencies_are_ordered(services: Services) -> None:
         **dict.fromkeys(BACKENDS, "service_healthy"),
         "migrate": "service_completed_successfully",
     }
-    for name in ("worker", "beat"):
+    for name in ("worker", "beat", "dashboard"):
         assert {t: s["condition"] for t, s in services[name]["depends_on"].items()} == expected
 
 
 def test_long_running_services_are_health_checked(services: Services) -> None:
     assert all(services[name].get("restart") == "no" for name in ONE_SHOT)
-    assert services["worker"]["restart"] == services["beat"]["restart"] == "unless-stopped"
+    assert all(services[name]["restart"] == "unless-stopped" for name in ("worker", "beat"))
+    assert services["dashboard"]["restart"] == "unless-stopped"
     for name in services.keys() - ONE_SHOT:
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
@@ -218,15 +230,49 @@ def test_seaweedfs_flags_exist(services: Services) -> None:
         assert re.search(rf"^\s+{re.escape(name)}(\s|$)", usage, re.MULTILINE), name
 
 
-def test_dockerfiles_copy_what_exists_and_the_worker_gets_only_its_extra() -> None:
-    assert WORKER_DOCKERFILE in DOCKERFILES
+def test_dockerfiles_copy_what_exists_and_each_image_gets_only_its_extra() -> None:
+    assert set(IMAGE_INSTALLS) <= set(DOCKERFILES)
     for dockerfile in DOCKERFILES:
         for source in copy_sources(dockerfile):
             assert (ROOT / source).exists(), f"{dockerfile.relative_to(ROOT)}: COPY {source}"
-    runs = [args for op, args in instructions(WORKER_DOCKERFILE) if op == "RUN"]
-    installs = [segment for run in runs for segment in re.findall(r"pip install ([^&;|]*)", run)]
-    targets = [word for segment in installs for word in shlex.split(segment) if word[0] != "-"]
-    assert targets == [".[worker]"]
+        # Every image runs as a user of its own, never root
+        users = [args.split(":")[0] for op, args in instructions(dockerfile) if op == "USER"]
+        assert users and users[-1] not in ("root", "0"), dockerfile
+    for dockerfile, expected in IMAGE_INSTALLS.items():
+        runs = [args for op, args in instructions(dockerfile) if op == "RUN"]
+        installs = [seg for run in runs for seg in re.findall(r"pip install ([^&;|]*)", run)]
+        targets = [word for seg in installs for word in shlex.split(seg) if word[0] != "-"]
+        assert targets == expected, dockerfile
+    # The dashboard image holds no other app: the apps never import each other
+    sources = {Path(source).parts[0] for source in copy_sources(DASHBOARD_DOCKERFILE)}
+    assert "dashboard" in sources and not sources & {"worker", "training"}
+
+
+def test_the_dashboard_is_published_and_health_checked_on_the_port_it_listens_on(
+    services: Services,
+) -> None:
+    # Given the dashboard's command line, parsed by the `deepscreen` parser
+    service = services["dashboard"]
+    args = build_parser().parse_args(command_of(service)[1:])
+    # Then compose publishes that port on the host's loopback only
+    assert service["ports"] == [f"127.0.0.1:{args.port}:{args.port}"]
+    assert args.host == "0.0.0.0"  # inside the container, to be reachable through the port
+    # And both health checks (compose's and the image's) ask /healthz on that port
+    url = f"http://127.0.0.1:{args.port}/healthz"
+    assert url in service["healthcheck"]["test"][-1]
+    healthchecks = [a for op, a in instructions(DASHBOARD_DOCKERFILE) if op == "HEALTHCHECK"]
+    assert len(healthchecks) == 1 and url in healthchecks[0]
+    image_cmd = json.loads([a for op, a in instructions(DASHBOARD_DOCKERFILE) if op == "CMD"][-1])
+    assert image_cmd == command_of(service)
+
+
+def test_the_worker_serves_metrics_on_the_port_compose_exposes(services: Services) -> None:
+    settings = Settings.from_env({k: str(v) for k, v in services["worker"]["environment"].items()})
+    assert settings.worker_metrics_port > 0
+    assert [str(port) for port in services["worker"]["expose"]] == [
+        str(settings.worker_metrics_port)
+    ]
+    assert "ports" not in services["worker"]  # unauthenticated: the compose network only
 
 
 def requirements_with_extra(project: dict[str, Any], extra: str) -> list[Requirement]:
@@ -245,12 +291,23 @@ def requirements_with_extra(project: dict[str, Any], extra: str) -> list[Require
     return result
 
 
-def test_worker_dependencies_exclude_tensorflow() -> None:
+@pytest.mark.parametrize("extra", ["worker", "dashboard"])
+def test_image_dependencies_exclude_tensorflow(extra: str) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     # Given the check does catch the training extra's TensorFlow
     training = requirements_with_extra(project, "training")
     assert any(TENSORFLOW.match(canonicalize_name(req.name)) for req in training)
-    # When the worker image's requirements are resolved (base + the `worker` extra)
-    worker = requirements_with_extra(project, "worker")
+    # When the image's requirements are resolved (base + its extra)
+    requirements = requirements_with_extra(project, extra)
     # Then no TensorFlow or Keras distribution is among them
-    assert [str(req) for req in worker if TENSORFLOW.match(canonicalize_name(req.name))] == []
+    assert [str(r) for r in requirements if TENSORFLOW.match(canonicalize_name(r.name))] == []
+
+
+def test_the_dashboard_image_has_what_serving_and_metrics_need() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = requirements_with_extra(project, "dashboard")
+    assert {"flask", "gunicorn", "prometheus-client"} <= {
+        canonicalize_name(r.name) for r in requirements
+    }
+    # /healthz pings Redis with the client that celery[redis] brings
+    assert any(canonicalize_name(r.name) == "celery" and "redis" in r.extras for r in requirements)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,33 @@ def register_run(subparsers: Any) -> None:
         default=None,
         help="show progress bars (default: when stderr is a terminal)",
     )
+    p.add_argument(
+        "--serve",
+        nargs="?",
+        type=int,
+        const=8000,
+        default=None,
+        metavar="PORT",
+        help="after the run, serve the dashboard on the results at http://127.0.0.1:PORT/ "
+        "(default port: 8000) until Ctrl-C; put it after FOLDER",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from deepscreen.config import Settings
-    from worker.embedded import run_folder
+    from worker.embedded import OK, run_folder, serve_dashboard
 
-    return run_folder(
-        args.folder, Settings.from_env(), progress=args.progress, max_rows=args.max_rows
+    status = run_folder(
+        args.folder,
+        Settings.from_env(),
+        progress=args.progress,
+        max_rows=args.max_rows,
+        serve_port=args.serve,
     )
+    if status != OK or args.serve is None:
+        return status
+    return serve_dashboard(args.serve)
 
 
 def register_worker(subparsers: Any) -> None:
@@ -70,6 +88,20 @@ def register_worker(subparsers: Any) -> None:
     p.add_argument("--loglevel", choices=LOG_LEVELS, default="INFO", type=str.upper)
     p.add_argument(
         "--hostname", default=None, metavar="NAME", help="node name (default: deepscreen-PID@host)"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 turns them off "
+        "(default: DEEPSCREEN_WORKER_METRICS_PORT, 0)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="address the metrics are served on (default: 0.0.0.0, every interface)",
     )
     p.set_defaults(func=run_worker)
 
@@ -93,12 +125,20 @@ def worker_argv(args: argparse.Namespace, concurrency: int) -> list[str]:
 
 def run_worker(args: argparse.Namespace) -> int:
     from deepscreen.config import Settings
+    from worker.metrics import MetricsUnavailable, worker_metrics
     from worker.tasks import create_worker_app
 
     settings = Settings.from_env()
     concurrency = args.concurrency or settings.worker_concurrency or _cpu_count()
-    app = create_worker_app(settings)
-    return int(app.start(worker_argv(args, concurrency)) or 0)
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    try:
+        # Entered before the app starts: the pool processes fork with metrics set up.
+        with worker_metrics(settings, port=port, host=args.metrics_host):
+            app = create_worker_app(settings)
+            return int(app.start(worker_argv(args, concurrency)) or 0)
+    except MetricsUnavailable as exc:
+        print(f"deepscreen worker: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def register_beat(subparsers: Any) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -50,6 +52,9 @@ STOP_TIMEOUT = 60.0
 
 OK, FAILED, USAGE_ERROR, INTERRUPTED = 0, 1, 2, 130
 
+#: Where ``deepscreen dashboard`` listens unless told otherwise.
+DASHBOARD_PORT = 8000
+
 
 @dataclass
 class _Abort:
@@ -75,8 +80,12 @@ def run_folder(
     out: TextIO = sys.stdout,
     progress: bool | None = None,
     max_rows: int = 50,
+    serve_port: int | None = None,
 ) -> int:
-    """Classify every image in ``folder``; print a summary; return the exit status."""
+    """Classify every image in ``folder``; print a summary; return the exit status.
+
+    ``serve_port``: the dashboard will be served on it after the run (the summary says so).
+    """
     folder = folder.expanduser().resolve()
     if not folder.is_dir():
         print(f"deepscreen run: error: no such folder: {folder}", file=sys.stderr)
@@ -118,10 +127,55 @@ def run_folder(
     print_report(
         rows, summary, settings, labels=runtime.classifier.labels, out=out, max_rows=max_rows
     )
+    out.write(dashboard_hint(serve_port))
     if not finished:
         print(f"deepscreen run: stopped: {abort.reason}; run it again to resume", file=sys.stderr)
         return FAILED
     return OK
+
+
+def dashboard_hint(serve_port: int | None = None) -> str:
+    """Where to review the results: the dashboard on the same database."""
+    account = "first time, make an account: deepscreen create-user NAME --role admin\n"
+    if serve_port is not None:
+        return (
+            f"review them: http://127.0.0.1:{serve_port}/ (the dashboard, until Ctrl-C)\n" + account
+        )
+    return (
+        f"review them: deepscreen dashboard, then open http://127.0.0.1:{DASHBOARD_PORT}/ "
+        "(with the same DEEPSCREEN_* settings)\n" + account
+    )
+
+
+def serve_dashboard(port: int, *, host: str = "127.0.0.1") -> int:
+    """Run ``deepscreen dashboard`` on the embedded results until it stops or Ctrl-C;
+    returns its exit status (0 after Ctrl-C).
+
+    A subprocess, not an import: the worker and the dashboard are separate apps. It
+    inherits this environment, except that it too uses the embedded queue.
+    """
+    env = {**os.environ, "DEEPSCREEN_BROKER_URL": "filesystem://"}
+    command = [sys.executable, "-m", "deepscreen.cli", "dashboard"]
+    proc = subprocess.Popen([*command, "--host", host, "--port", str(port)], env=env)
+
+    def stop(signum: int, _frame: Any) -> None:
+        proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the dashboard too; a SIGINT sent to this process
+        # alone does not, so pass it on.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ingest(

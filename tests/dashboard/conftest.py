@@ -205,7 +205,10 @@ def seed(settings: Settings, tmp_path: Path) -> Callable[..., Seeded]:
                 now=now,
             )
             for image in queries.get_images(session=session, ids=ids):
+                # What a worker records after decoding
                 image.status = image.status.DONE
+                image.content_type = "image/png"
+                image.finished_at = now
         return Seeded(list(ids), model.id, folder)
 
     return make
