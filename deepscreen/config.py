@@ -328,6 +328,95 @@ class Settings:
         ),
     )
 
+    webhook_allow_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=_var(
+            "WEBHOOK_ALLOW_NETWORKS",
+            "Comma-separated CIDRs webhook and callback URLs may point into although they "
+            "are not public (e.g. `10.0.0.0/8`); loopback, private, link-local and metadata "
+            "addresses are refused otherwise.",
+            default_doc="empty",
+        ),
+    )
+    webhook_connect_timeout: float = field(
+        default=5.0,
+        metadata=_var(
+            "WEBHOOK_CONNECT_TIMEOUT", "Seconds to connect to a webhook receiver.", minimum=0.1
+        ),
+    )
+    webhook_read_timeout: float = field(
+        default=10.0,
+        metadata=_var(
+            "WEBHOOK_READ_TIMEOUT", "Seconds to wait for a receiver's answer.", minimum=0.1
+        ),
+    )
+    webhook_max_response_bytes: int = field(
+        default=65536,
+        metadata=_var(
+            "WEBHOOK_MAX_RESPONSE_BYTES",
+            "Bytes of a receiver's answer read (and kept for the delivery log) at most.",
+            minimum=0,
+        ),
+    )
+    webhook_disable_after: int = field(
+        default=5 * 24 * 3600,
+        metadata=_var(
+            "WEBHOOK_DISABLE_AFTER",
+            "Seconds an endpoint may keep failing before it is disabled (admins see why).",
+            minimum=1,
+        ),
+    )
+    webhook_secret_overlap: int = field(
+        default=24 * 3600,
+        metadata=_var(
+            "WEBHOOK_SECRET_OVERLAP",
+            "Seconds a rotated webhook secret keeps signing next to the new one.",
+            minimum=0,
+        ),
+    )
+    webhook_dispatch_interval: int = field(
+        default=5,
+        metadata=_var(
+            "WEBHOOK_DISPATCH_INTERVAL",
+            "Seconds between runs of the dispatcher that sends due (and retried) deliveries.",
+            minimum=1,
+        ),
+    )
+    events_secret: str = field(
+        default="",
+        repr=False,
+        metadata=_var(
+            "EVENTS_SECRET",
+            "Shared secret bucket notifications must carry (`X-Deepscreen-Events-Secret` "
+            "header or `?secret=`); empty turns the bucket event endpoints off.",
+            default_doc="empty (endpoints off)",
+        ),
+    )
+    events_prefixes: tuple[str, ...] = field(
+        default=(),
+        metadata=_var(
+            "EVENTS_PREFIXES",
+            "Comma-separated `bucket/prefix` pairs whose object-created events are accepted "
+            "(e.g. `images/incoming/`); empty accepts any bucket and prefix.",
+            default_doc="empty (any)",
+        ),
+    )
+    submission_url: str = field(
+        default="",
+        metadata=_var(
+            "SUBMISSION_URL",
+            "Where images submitted through `POST /api/v1/images` are stored: "
+            "`s3://bucket/prefix` or `file:///path`; empty turns submissions off.",
+            default_doc="empty (submissions off)",
+        ),
+    )
+    submission_max_bytes: int = field(
+        default=20 * 1024 * 1024,
+        metadata=_var(
+            "SUBMISSION_MAX_BYTES", "Largest image accepted by the submission API.", minimum=1
+        ),
+    )
+
     def __post_init__(self) -> None:
         # Frozen: normalise through object.__setattr__, once, at construction.
         data_dir = Path(self.data_dir).expanduser().absolute()

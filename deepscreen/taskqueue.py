@@ -29,7 +29,10 @@ logger = logging.getLogger(__name__)
 INGEST_QUEUE = "ingest"
 #: Queue of classify batches: the CPU-bound inference.
 CLASSIFY_QUEUE = "classify"
-QUEUES = (INGEST_QUEUE, CLASSIFY_QUEUE)
+#: Queue of webhook deliveries: network-bound, kept apart so a slow receiver never
+#: delays classification.
+WEBHOOKS_QUEUE = "webhooks"
+QUEUES = (INGEST_QUEUE, CLASSIFY_QUEUE, WEBHOOKS_QUEUE)
 
 #: ``classify_batch(image_ids: list[int])``.
 CLASSIFY_BATCH = "deepscreen.classify_batch"
@@ -38,7 +41,18 @@ INGEST = "deepscreen.ingest"
 #: ``reconcile()``: re-enqueue images stuck in queued or processing.
 RECONCILE = "deepscreen.reconcile"
 
-TASK_QUEUES = {CLASSIFY_BATCH: CLASSIFY_QUEUE, INGEST: INGEST_QUEUE, RECONCILE: INGEST_QUEUE}
+#: ``deliver_webhook(delivery_id: int)``: one attempt of one delivery.
+DELIVER_WEBHOOK = "deepscreen.deliver_webhook"
+#: ``dispatch_webhooks()``: enqueue every pending delivery that is due.
+DISPATCH_WEBHOOKS = "deepscreen.dispatch_webhooks"
+
+TASK_QUEUES = {
+    CLASSIFY_BATCH: CLASSIFY_QUEUE,
+    INGEST: INGEST_QUEUE,
+    RECONCILE: INGEST_QUEUE,
+    DELIVER_WEBHOOK: WEBHOOKS_QUEUE,
+    DISPATCH_WEBHOOKS: WEBHOOKS_QUEUE,
+}
 
 #: How often the embedded (filesystem) consumer looks for new messages.
 FILESYSTEM_POLL_SECONDS = 0.2
@@ -135,7 +149,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": RECONCILE,
             "schedule": float(settings.reconcile_interval),
             "options": {"expires": float(settings.reconcile_interval)},
-        }
+        },
+        "dispatch webhooks": {
+            "task": DISPATCH_WEBHOOKS,
+            "schedule": float(settings.webhook_dispatch_interval),
+            "options": {"expires": float(settings.webhook_dispatch_interval)},
+        },
     }
     for url in settings.scan_urls:
         schedule[f"scan {url}"] = {
@@ -161,6 +180,13 @@ def enqueue_classify(app: Celery, image_ids: Sequence[int], *, batch_size: int) 
         send(app, CLASSIFY_BATCH, args=[ids[start : start + batch_size]])
         sent += 1
     return sent
+
+
+def enqueue_deliveries(app: Celery, delivery_ids: Sequence[int]) -> int:
+    """Send one delivery task per id (after the commit that created them)."""
+    for delivery_id in delivery_ids:
+        send(app, DELIVER_WEBHOOK, args=[int(delivery_id)])
+    return len(delivery_ids)
 
 
 def send(app: Celery, name: str, *, args: list[Any]) -> str:

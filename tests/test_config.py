@@ -80,6 +80,17 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_COOKIE_SECURE": "false",
         "DEEPSCREEN_LOGIN_MAX_FAILURES": "3",
         "DEEPSCREEN_LOGIN_LOCKOUT_SECONDS": "30",
+        "DEEPSCREEN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+        "DEEPSCREEN_WEBHOOK_CONNECT_TIMEOUT": "1",
+        "DEEPSCREEN_WEBHOOK_READ_TIMEOUT": "2",
+        "DEEPSCREEN_WEBHOOK_MAX_RESPONSE_BYTES": "100",
+        "DEEPSCREEN_WEBHOOK_DISABLE_AFTER": "60",
+        "DEEPSCREEN_WEBHOOK_SECRET_OVERLAP": "30",
+        "DEEPSCREEN_WEBHOOK_DISPATCH_INTERVAL": "2",
+        "DEEPSCREEN_EVENTS_SECRET": "shh",
+        "DEEPSCREEN_EVENTS_PREFIXES": "images/incoming/",
+        "DEEPSCREEN_SUBMISSION_URL": "s3://images/api/",
+        "DEEPSCREEN_SUBMISSION_MAX_BYTES": "1000",
     }
     settings = Settings.from_env(env)
     # Every field has a variable, and this test sets every one of them.

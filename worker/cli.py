@@ -83,7 +83,7 @@ def register_worker(subparsers: Any) -> None:
         "--queues",
         default=None,
         metavar="Q1,Q2",
-        help="queues to consume (default: ingest,classify)",
+        help="queues to consume (default: ingest,classify,webhooks)",
     )
     p.add_argument("--loglevel", choices=LOG_LEVELS, default="INFO", type=str.upper)
     p.add_argument(

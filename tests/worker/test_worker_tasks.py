@@ -92,7 +92,7 @@ def test_the_worker_command_defaults(tmp_path: Path) -> None:
     args = build_parser().parse_args(["worker"])
     argv = worker_argv(args, concurrency=2)
     assert "--pool=prefork" in argv and "--concurrency=2" in argv
-    assert "--queues=ingest,classify" in argv
+    assert "--queues=ingest,classify,webhooks" in argv
 
 
 def test_importing_the_queue_and_the_tasks_does_no_work(tmp_path: Path) -> None:
