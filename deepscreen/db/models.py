@@ -112,6 +112,12 @@ class Image(Base):
         return f"<Image {self.id} {self.bucket}/{self.key} {self.status}>"
 
 
+class ModelStatus(enum.StrEnum):
+    CANDIDATE = "candidate"  # trained and gated, not (yet) serving
+    ACTIVE = "active"  # the one workers serve
+    RETIRED = "retired"  # served before; a rollback can make it active again
+
+
 class ModelVersion(Base):
     """A model artefact the workers may serve; at most one row is active."""
 
@@ -126,6 +132,16 @@ class ModelVersion(Base):
     #: The model card: labels, threshold, preprocessing, metrics.
     card: Mapped[dict[str, Any]] = mapped_column()
     active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Lifecycle; kept in step with ``active`` by `deepscreen.registry`.
+    status: Mapped[ModelStatus] = mapped_column(
+        enum_column(ModelStatus, "model_status"),
+        default=ModelStatus.CANDIDATE,
+        server_default=ModelStatus.CANDIDATE.value,
+    )
+    #: Run next to the active model on live traffic, scores stored, never used.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The retraining gate's report for this candidate (None for models not gated).
+    gate_report: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = created_at_column()
 
     __table_args__ = (

@@ -13,7 +13,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from deepscreen.db.base import utcnow
-from deepscreen.db.models import Image, ImageSource, ImageStatus, ModelVersion, Prediction
+from deepscreen.db.models import (
+    Image,
+    ImageSource,
+    ImageStatus,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+)
 
 #: Rows per INSERT statement: well under SQLite's bound-parameter limit.
 INSERT_CHUNK = 500
@@ -150,7 +157,12 @@ def ensure_model_version(
     # No conflict target: the first statement also yields to the partial unique index
     # on ``active`` (another model is active), the second only to the sha256.
     for active in (True, False):
-        stmt = insert(ModelVersion).values(active=active, **values).on_conflict_do_nothing()
+        status = ModelStatus.ACTIVE if active else ModelStatus.CANDIDATE
+        stmt = (
+            insert(ModelVersion)
+            .values(active=active, status=status, **values)
+            .on_conflict_do_nothing()
+        )
         session.execute(stmt)
     return session.scalars(select(ModelVersion).where(ModelVersion.sha256 == sha256)).one()
 
