@@ -26,7 +26,23 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     ``overrides`` go into ``app.config`` last (tests use them, e.g. ``TESTING=True``).
     """
-    from dashboard import api, audit, auth, db, models_page, ops, review, stats, users
+    from dashboard import (
+        api,
+        api_submit,
+        api_webhooks,
+        audit,
+        auth,
+        db,
+        events,
+        model_lifecycle,
+        models_page,
+        ops,
+        retraining,
+        review,
+        stats,
+        users,
+        webhooks,
+    )
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -52,8 +68,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         users.bp,
         stats.bp,
         models_page.bp,
+        model_lifecycle.bp,
+        retraining.bp,
         api.bp,
+        api_submit.bp,
+        api_webhooks.bp,
+        webhooks.bp,
         ops.bp,
+        events.bp,
     ):
         app.register_blueprint(blueprint)
     ops.init_app(app)

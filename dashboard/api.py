@@ -4,7 +4,8 @@ Every route needs ``Authorization: Bearer <token>`` (a token made on the user's
 account page; only its SHA-256 is stored) or, for a browser, a logged-in session.
 The image list takes the review queue's filters (`VerdictFilter`) plus ``status``,
 and pages by keyset on the image id (``after``, ``limit``). Errors are JSON
-``{"error": ..., "details": [...]}``. There are no write endpoints. The OpenAPI
+``{"error": ..., "details": [...]}``. The write endpoints live beside it: submitting
+images (`dashboard.api_submit`) and webhooks (`dashboard.api_webhooks`). The OpenAPI
 document describing all this is `dashboard.openapi`.
 """
 
@@ -95,8 +96,8 @@ def images() -> Response:
     """Images (with or without a verdict) in id order, filtered like the queue."""
     filt, problems = VerdictFilter.from_args(request.args)
     details = [p.replace("ignored ", "bad value ", 1) for p in problems]
-    limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT, details)
-    after = _int_arg("after", 0, 0, MAX_ID, details)
+    limit = int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT, details)
+    after = int_arg("after", 0, 0, MAX_ID, details)
     status = _status_arg(details)
     if details:
         raise BadRequest(details)
@@ -234,7 +235,7 @@ def _model(m: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _int_arg(name: str, default: int, low: int, high: int, details: list[str]) -> int:
+def int_arg(name: str, default: int, low: int, high: int, details: list[str]) -> int:
     raw = request.args.get(name, "").strip()
     if not raw:
         return default

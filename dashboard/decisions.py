@@ -4,6 +4,11 @@ label, the retraining flag, the released claim, and the audit event.
 The final label of an image is the human decision when one exists. A flag marks the
 model's verdict as a misclassification and records the corrected label, which is
 what the retraining job reads.
+
+A decision (confirm, override, flag) emits the ``review.completed`` webhook event,
+and ``verdict.changed`` too when it changes the final label (a human overriding the
+model, or going back on an earlier override). The deliveries are written in the
+caller's transaction and sent to the workers after it commits (`outbox`).
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from flask import g
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from dashboard import audit
+from dashboard import audit, outbox
+from dashboard.accounts import isoformat
 from dashboard.filters import VerdictFilter
+from deepscreen import webhooks
 from deepscreen.db.moderation import Action, Review, ReviewState, User, Verdict
+from deepscreen.db.webhooks import WebhookEndpoint
 
 #: Labels when a model card names none.
 DEFAULT_LABELS = ("real", "fake")
@@ -26,6 +35,9 @@ BULK_ACTIONS = frozenset({Action.CONFIRM, Action.OVERRIDE, Action.ESCALATE})
 
 #: Items changed per statement batch in a bulk action.
 BULK_CHUNK = 500
+
+#: Actions that complete a review (and so emit ``review.completed``).
+DECIDING_ACTIONS = frozenset({Action.CONFIRM, Action.OVERRIDE, Action.FLAG})
 
 
 class InvalidDecision(ValueError):
@@ -75,7 +87,7 @@ def apply(
         label = None
     else:
         label = None
-    if action in (Action.CONFIRM, Action.OVERRIDE, Action.FLAG):
+    if action in DECIDING_ACTIONS:
         assert label is not None
         verdict.human_label = verdict.final_label = label
         verdict.state = ReviewState.DECIDED
@@ -102,6 +114,8 @@ def apply(
         created_at=now,
     )
     session.add(review)
+    if action in DECIDING_ACTIONS:
+        _announce(session, verdict, action, before["final_label"], user=user, now=now)
     if audited:
         after = _state(verdict)
         if note:
@@ -141,6 +155,8 @@ def apply_bulk(
             .order_by(Verdict.id)
             .limit(BULK_CHUNK)
             .with_for_update()
+            # Event payloads name each image's bucket and key: one query per chunk.
+            .options(selectinload(Verdict.image))
         )
         chunk = list(session.scalars(stmt))
         if not chunk:
@@ -152,3 +168,66 @@ def apply_bulk(
         done += len(chunk)
         last_id = chunk[-1].id
         session.flush()
+
+
+def _announce(
+    session: Session,
+    verdict: Verdict,
+    action: Action,
+    before_label: str,
+    *,
+    user: User,
+    now: datetime,
+) -> None:
+    """Emit ``review.completed`` (and ``verdict.changed`` when the final label moved)
+    and have the deliveries sent after the commit."""
+    wanted = _listened_types(session)
+    changed = verdict.final_label != before_label
+    if webhooks.REVIEW_COMPLETED not in wanted and not (
+        changed and webhooks.VERDICT_CHANGED in wanted
+    ):
+        return
+    model = verdict.model_version
+    data: dict[str, Any] = {
+        "image_id": verdict.image_id,
+        "bucket": verdict.image.bucket,
+        "key": verdict.image.key,
+        "action": action.value,
+        "label": verdict.human_label,
+        "final_label": verdict.final_label,
+        "model_label": verdict.model_label,
+        "score": verdict.score,
+        "model_version": {"id": model.id, "name": model.name, "sha256": model.sha256},
+        "reviewer": user.username,
+        "decided_at": isoformat(verdict.decided_at),
+    }
+    ids = []
+    if webhooks.REVIEW_COMPLETED in wanted:
+        ids += webhooks.emit(
+            session, webhooks.REVIEW_COMPLETED, data, now=now, image_id=verdict.image_id
+        )
+    if changed and webhooks.VERDICT_CHANGED in wanted:
+        ids += webhooks.emit(
+            session,
+            webhooks.VERDICT_CHANGED,
+            {
+                **data,
+                "before": {"final_label": before_label},
+                "after": {"final_label": verdict.final_label},
+            },
+            now=now,
+            image_id=verdict.image_id,
+        )
+    outbox.after_commit(deliveries=ids)
+
+
+def _listened_types(session: Session) -> frozenset[str]:
+    """Event types some active endpoint takes, looked up once per request: a bulk
+    decision over thousands of items with no endpoint listening costs one query."""
+    cached: frozenset[str] | None = g.get("webhook_types")
+    if cached is None:
+        rows = session.scalars(
+            select(WebhookEndpoint.event_types).where(WebhookEndpoint.active.is_(True))
+        )
+        cached = g.webhook_types = frozenset(t for types in rows for t in (types or []))
+    return cached

@@ -1,5 +1,7 @@
-"""The models page: every model version with its card, metrics and plots, and which one
-is active; admins activate a version.
+"""The models page: every model version with its card, metrics and plots, its lifecycle
+status (candidate, active, retired; in shadow), the retraining gate's report and, for a
+version that is not the active one, how it agrees with the active model and with the
+moderators. Admins change which version serves through `dashboard.model_lifecycle`.
 
 The card is read from the database row (``model_versions.card``) and the plots from
 the model's folder on disk (``model_versions.location`` is that folder or the
@@ -13,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, send_from_directory, url_for
-from sqlalchemy import func, select, update
+from flask import Blueprint, abort, render_template, send_from_directory
+from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from dashboard import audit, charts, db
+from dashboard import charts, db
+from dashboard.agreement import Agreement, agreement
 from dashboard.auth import login_required
+from dashboard.model_lifecycle import HOT_RELOAD
 from deepscreen.db.models import ModelVersion, Prediction
-from deepscreen.db.moderation import Role
+from deepscreen.db.retraining import TrainingRun
 
 bp = Blueprint("models_page", __name__, url_prefix="/models")
 
@@ -92,6 +96,13 @@ def detail(model_id: int) -> str:
         missing=[n for n in names if n not in present],
         report=report,
         history_chart=_history_chart(card),
+        comparison=_comparison(model),
+        training_runs=list(
+            db.session().scalars(
+                select(TrainingRun.id).where(TrainingRun.candidate_model_version_id == model.id)
+            )
+        ),
+        hot_reload=HOT_RELOAD,
     )
 
 
@@ -106,37 +117,6 @@ def artefact(model_id: int, name: str) -> Response:
     if folder is None or name not in artefact_names(card) or _artefact_path(folder, name) is None:
         abort(404)
     return send_from_directory(folder, name, mimetype=ARTEFACT_TYPES[Path(name).suffix])
-
-
-@bp.post("/<int:model_id>/activate")
-@login_required(Role.ADMIN)
-def activate(model_id: int) -> Response:
-    """Make this version the active one (the one workers should serve), in one
-    transaction: the others are deactivated first, so the partial unique index on
-    ``active`` never sees two."""
-    dbs = db.session()
-    # Lock every version row (a handful): two admins activating at once take turns.
-    rows = dbs.execute(
-        select(ModelVersion.id, ModelVersion.active).order_by(ModelVersion.id).with_for_update()
-    ).all()
-    if model_id not in {row.id for row in rows}:
-        abort(404)
-    old = next((row.id for row in rows if row.active), None)
-    if old == model_id:
-        flash(f"Model #{model_id} is already active.", "info")
-        return redirect(url_for(".detail", model_id=model_id))
-    dbs.execute(update(ModelVersion).where(ModelVersion.active.is_(True)).values(active=False))
-    dbs.execute(update(ModelVersion).where(ModelVersion.id == model_id).values(active=True))
-    audit.record(
-        "model.activate",
-        target_type="model",
-        target_id=model_id,
-        before={"active": old},
-        after={"active": model_id},
-    )
-    dbs.commit()
-    flash(f"Model #{model_id} is now the active model.", "success")
-    return redirect(url_for(".detail", model_id=model_id))
 
 
 def model_dir(location: str) -> Path | None:
@@ -213,6 +193,18 @@ def _history_chart(card: Mapping[str, Any]) -> Any:
         return None
     points = [(f"epoch {i}", float(v)) for i, v in enumerate(values, 1)]
     return charts.line_chart(points, title="Validation ROC-AUC per epoch", height=160)
+
+
+def _comparison(model: ModelVersion) -> Agreement | None:
+    """How ``model`` agrees with the active model (None for the active one itself, or
+    when none is active)."""
+    if model.active:
+        return None
+    dbs = db.session()
+    active_id = dbs.scalar(select(ModelVersion.id).where(ModelVersion.active.is_(True)))
+    if active_id is None:
+        return None
+    return agreement(session=dbs, model_id=model.id, active_id=active_id)
 
 
 def _artefact_path(folder: Path, name: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document of the read API (``GET /api/v1/openapi.json``).
+"""The OpenAPI 3.1 document of the API (``GET /api/v1/openapi.json``); the write
+endpoints' parts come from `dashboard.openapi_writes`.
 
 Built by `document()` on request. Enumerations come from the model's own enums, so a
 new state or action cannot drift from what the API returns; the tests validate the
@@ -7,9 +8,19 @@ document and check every API response of the test suite against its schema.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
+from dashboard import openapi_writes
+from dashboard.oas import (
+    enum_of,
+    error_response,
+    json_body,
+    nullable,
+    obj,
+    ref,
+    timestamp,
+    values,
+)
 from deepscreen import __version__
 from deepscreen.db.models import ImageSource, ImageStatus
 from deepscreen.db.moderation import Action, ReviewReason, ReviewState
@@ -22,24 +33,26 @@ def document(server_url: str = "/api/v1") -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "deepscreen read API",
+            "title": "deepscreen API",
             "version": __version__,
             "description": (
-                "Images with their verdicts and human reviews, and model versions. "
-                "Read only. Authenticate with a bearer token from your account page "
-                "(/users/me), or a logged-in dashboard session."
+                "Images with their verdicts and human reviews, and model versions; "
+                "submitting images (moderator tokens) and webhook endpoints (admin "
+                "tokens). Authenticate with a bearer token from your account page "
+                "(/users/me), or a logged-in dashboard session (whose writes need the "
+                "X-CSRF-Token header)."
             ),
         },
         "servers": [{"url": server_url}],
         "security": [{"bearer": []}, {"session": []}],
         "paths": {
-            "/images": {"get": _list_images()},
+            "/images": {"get": _list_images(), "post": openapi_writes.submit_operation()},
             "/images/{image_id}": {"get": _get_image()},
             "/models": {
                 "get": {
                     "operationId": "listModels",
                     "summary": "Every model version, oldest first",
-                    "responses": {"200": _json("ModelList"), "401": _error_response()},
+                    "responses": {"200": json_body("ModelList"), "401": error_response()},
                 }
             },
             "/openapi.json": {
@@ -51,10 +64,11 @@ def document(server_url: str = "/api/v1") -> dict[str, Any]:
                             "description": "OpenAPI 3.1 document",
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         },
-                        "401": _error_response(),
+                        "401": error_response(),
                     },
                 }
             },
+            **openapi_writes.paths(),
         },
         "components": {
             "securitySchemes": {
@@ -65,7 +79,7 @@ def document(server_url: str = "/api/v1") -> dict[str, Any]:
                 },
                 "session": {"type": "apiKey", "in": "cookie", "name": "deepscreen_session"},
             },
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openapi_writes.schemas()},
         },
     }
 
@@ -93,17 +107,17 @@ def _list_images() -> dict[str, Any]:
             query("score_min", probability, "score at least"),
             query("score_max", probability, "score at most"),
             query("model_version", {"type": "integer", "minimum": 1}, "model version id"),
-            query("source", _enum(ImageSource), "how the image was registered"),
+            query("source", enum_of(ImageSource), "how the image was registered"),
             query("since", {"type": "string", "format": "date"}, "registered on or after"),
             query("until", {"type": "string", "format": "date"}, "registered on or before"),
             query(
                 "state",
-                {"type": "string", "enum": [*_values(ReviewState), "queue", "all"]},
+                {"type": "string", "enum": [*values(ReviewState), "queue", "all"]},
                 "review state; `queue` is open or escalated",
             ),
-            query("reason", _enum(ReviewReason), "why a human is asked"),
+            query("reason", enum_of(ReviewReason), "why a human is asked"),
             query("flagged", {"type": "boolean"}, "flagged as misclassified"),
-            query("status", _enum(ImageStatus), "pipeline status of the image"),
+            query("status", enum_of(ImageStatus), "pipeline status of the image"),
             query(
                 "limit",
                 {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
@@ -112,9 +126,9 @@ def _list_images() -> dict[str, Any]:
             query("after", {"type": "integer", "minimum": 0}, "only ids greater than this"),
         ],
         "responses": {
-            "200": _json("ImageList"),
-            "400": _error_response("A parameter does not parse"),
-            "401": _error_response(),
+            "200": json_body("ImageList"),
+            "400": error_response("A parameter does not parse"),
+            "401": error_response(),
         },
     }
 
@@ -132,9 +146,9 @@ def _get_image() -> dict[str, Any]:
             },
         ],
         "responses": {
-            "200": _json("ImageDetail"),
-            "401": _error_response(),
-            "404": _error_response("No such image"),
+            "200": json_body("ImageDetail"),
+            "401": error_response(),
+            "404": error_response("No such image"),
         },
     }
 
@@ -144,23 +158,23 @@ def _schemas() -> dict[str, Schema]:
         "id": {"type": "integer"},
         "bucket": {"type": "string", "description": "S3 bucket, or file:///root of a folder"},
         "key": {"type": "string"},
-        "status": _enum(ImageStatus),
-        "source": _enum(ImageSource),
-        "created_at": _time(),
-        "verdict": {"anyOf": [_ref("Verdict"), {"type": "null"}]},
+        "status": enum_of(ImageStatus),
+        "source": enum_of(ImageSource),
+        "created_at": timestamp(),
+        "verdict": {"anyOf": [ref("Verdict"), {"type": "null"}]},
     }
     detail_fields: dict[str, Schema] = {
         **image_fields,
         "etag": {"type": "string"},
-        "sha256": _nullable("string"),
-        "size": _nullable("integer"),
-        "content_type": _nullable("string"),
-        "width": _nullable("integer"),
-        "height": _nullable("integer"),
-        "failure_reason": _nullable("string"),
-        "finished_at": _time(nullable=True),
-        "predictions": {"type": "array", "items": _ref("Prediction")},
-        "reviews": {"type": "array", "items": _ref("Review")},
+        "sha256": nullable("string"),
+        "size": nullable("integer"),
+        "content_type": nullable("string"),
+        "width": nullable("integer"),
+        "height": nullable("integer"),
+        "failure_reason": nullable("string"),
+        "finished_at": timestamp(nullable=True),
+        "predictions": {"type": "array", "items": ref("Prediction")},
+        "reviews": {"type": "array", "items": ref("Review")},
     }
     model_ref = {
         "id": {"type": "integer"},
@@ -168,113 +182,75 @@ def _schemas() -> dict[str, Schema]:
         "sha256": {"type": "string"},
     }
     return {
-        "Error": _object(
+        "Error": obj(
             {
                 "error": {"type": "string"},
                 "details": {"type": "array", "items": {"type": "string"}},
             },
             required=["error"],
         ),
-        "Verdict": _object(
+        "Verdict": obj(
             {
                 "model_version_id": {"type": "integer"},
                 "score": {"type": "number", "minimum": 0, "maximum": 1},
                 "model_label": {"type": "string"},
-                "human_label": _nullable("string"),
+                "human_label": nullable("string"),
                 "final_label": {
                     "type": "string",
                     "description": "the human decision when there is one, else the model's",
                 },
-                "state": _enum(ReviewState),
-                "reason": {"anyOf": [_enum(ReviewReason), {"type": "null"}]},
+                "state": enum_of(ReviewState),
+                "reason": {"anyOf": [enum_of(ReviewReason), {"type": "null"}]},
                 "priority": {"type": "number"},
                 "flagged": {"type": "boolean"},
-                "flag_label": _nullable("string"),
-                "decided_at": _time(nullable=True),
-                "updated_at": _time(),
+                "flag_label": nullable("string"),
+                "decided_at": timestamp(nullable=True),
+                "updated_at": timestamp(),
             }
         ),
-        "Image": _object(image_fields),
-        "ImageDetail": _object(detail_fields),
-        "ImageList": _object(
+        "Image": obj(image_fields),
+        "ImageDetail": obj(detail_fields),
+        "ImageList": obj(
             {
-                "items": {"type": "array", "items": _ref("Image")},
+                "items": {"type": "array", "items": ref("Image")},
                 "limit": {"type": "integer"},
                 "next_after": {
-                    **_nullable("integer"),
+                    **nullable("integer"),
                     "description": "pass as `after` for the next page; null on the last",
                 },
             }
         ),
-        "Prediction": _object(
+        "Prediction": obj(
             {
                 "id": {"type": "integer"},
-                "model_version": _object(model_ref),
+                "model_version": obj(model_ref),
                 "score": {"type": "number"},
                 "label": {"type": "string"},
                 "threshold": {"type": "number"},
                 "inference_ms": {"type": "number"},
-                "created_at": _time(),
+                "created_at": timestamp(),
             }
         ),
-        "Review": _object(
+        "Review": obj(
             {
                 "id": {"type": "integer"},
                 "user": {"type": "string"},
-                "action": _enum(Action),
-                "label": _nullable("string"),
-                "note": _nullable("string"),
-                "model_version_id": _nullable("integer"),
-                "score": _nullable("number"),
-                "created_at": _time(),
+                "action": enum_of(Action),
+                "label": nullable("string"),
+                "note": nullable("string"),
+                "model_version_id": nullable("integer"),
+                "score": nullable("number"),
+                "created_at": timestamp(),
             }
         ),
-        "Model": _object(
+        "Model": obj(
             {
                 **model_ref,
                 "active": {"type": "boolean"},
-                "threshold": _nullable("number"),
+                "threshold": nullable("number"),
                 "labels": {"type": ["array", "null"], "items": {"type": "string"}},
-                "created_at": _time(),
+                "created_at": timestamp(),
             }
         ),
-        "ModelList": _object({"items": {"type": "array", "items": _ref("Model")}}),
+        "ModelList": obj({"items": {"type": "array", "items": ref("Model")}}),
     }
-
-
-def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    """A closed object: every listed field is present unless ``required`` says otherwise."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-        "additionalProperties": False,
-    }
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: str) -> dict[str, Any]:
-    return {"description": "OK", "content": {"application/json": {"schema": _ref(schema)}}}
-
-
-def _error_response(description: str = "Missing, invalid or revoked credentials") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
-
-
-def _nullable(kind: str) -> Schema:
-    return {"type": [kind, "null"]}
-
-
-def _time(nullable: bool = False) -> Schema:
-    return {"type": ["string", "null"] if nullable else "string", "format": "date-time"}
-
-
-def _enum(cls: type[enum.Enum]) -> Schema:
-    return {"type": "string", "enum": _values(cls)}
-
-
-def _values(cls: type[enum.Enum]) -> list[str]:
-    return [str(member.value) for member in cls]

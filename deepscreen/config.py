@@ -39,6 +39,9 @@ DEFAULT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".ti
 
 SQLITE_FILENAME = "deepscreen.sqlite3"
 
+#: Seconds before each webhook retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+
 
 def _var(
     name: str,
@@ -374,6 +377,16 @@ class Settings:
             minimum=0,
         ),
     )
+    webhook_retry_schedule: tuple[float, ...] = field(
+        default=DEFAULT_WEBHOOK_RETRY_SCHEDULE,
+        metadata=_var(
+            "WEBHOOK_RETRY_SCHEDULE",
+            "Comma-separated seconds before each retry of a failed delivery (about 18 h in "
+            "all); each wait is stretched by a random 0.8-1.2. A delivery fails for good "
+            "after one attempt more than there are entries.",
+            default_doc="`5,300,1800,7200,18000,36000`",
+        ),
+    )
     webhook_dispatch_interval: int = field(
         default=5,
         metadata=_var(
@@ -417,6 +430,112 @@ class Settings:
         ),
     )
 
+    model_registry_url: str = field(
+        default="",
+        metadata=_var(
+            "MODEL_REGISTRY_URL",
+            "Where model artefacts are kept, under `models/<sha256>/`: `s3://bucket/prefix` or "
+            "`file:///path`. Empty: `<DATA_DIR>/registry`.",
+            default_doc="empty",
+        ),
+    )
+    retrain_data: tuple[str, ...] = field(
+        default=(),
+        metadata=_var(
+            "RETRAIN_DATA",
+            "Comma-separated base datasets of retraining, as `deepscreen train --data` takes "
+            "them (a folder of a known layout, `tree:PATH`, `csv:PATH`); empty turns "
+            "retraining off.",
+            default_doc="empty (retraining off)",
+        ),
+    )
+    retrain_golden: str = field(
+        default="",
+        metadata=_var(
+            "RETRAIN_GOLDEN",
+            "The fixed golden validation set of the gate (same forms as `RETRAIN_DATA`). "
+            "Empty: the validation split of the base datasets, which is fixed by file name.",
+            default_doc="empty",
+        ),
+    )
+    retrain_weights: str = field(
+        default="imagenet",
+        metadata=_var(
+            "RETRAIN_WEIGHTS",
+            "Initial backbone weights when retraining from scratch: `imagenet` (Keras' "
+            "download) or a `.weights.h5` path for offline use.",
+        ),
+    )
+    retrain_from: str = field(
+        default="active",
+        metadata=_var(
+            "RETRAIN_FROM",
+            "Start from the active model's weights (`active`, when its registry entry has "
+            "them) or from `RETRAIN_WEIGHTS` (`imagenet`).",
+            choices=("active", "imagenet"),
+        ),
+    )
+    retrain_correction_weight: float = field(
+        default=2.0,
+        metadata=_var(
+            "RETRAIN_CORRECTION_WEIGHT",
+            "Sample weight of each moderator correction relative to a base image.",
+            minimum=0,
+        ),
+    )
+    retrain_hparams: tuple[str, ...] = field(
+        default=(),
+        metadata=_var(
+            "RETRAIN_HPARAMS",
+            "Comma-separated `name=value` hyperparameter overrides for retraining "
+            "(as `deepscreen train --set`).",
+            default_doc="empty",
+        ),
+    )
+    retrain_interval: int = field(
+        default=0,
+        metadata=_var(
+            "RETRAIN_INTERVAL",
+            "Seconds between scheduled retraining runs; `0` schedules none.",
+            minimum=0,
+        ),
+    )
+    retrain_min_corrections: int = field(
+        default=0,
+        metadata=_var(
+            "RETRAIN_MIN_CORRECTIONS",
+            "Start a retraining run once this many new corrections exist (checked every "
+            "`RECONCILE_INTERVAL`); `0` turns the trigger off.",
+            minimum=0,
+        ),
+    )
+    gate_max_auc_drop: float = field(
+        default=0.01,
+        metadata=_var(
+            "GATE_MAX_AUC_DROP",
+            "Largest drop of golden-set ROC-AUC against the active model a candidate may "
+            "have and still be registered.",
+            minimum=0,
+        ),
+    )
+    gate_min_fixed_share: float = field(
+        default=0.5,
+        metadata=_var(
+            "GATE_MIN_FIXED_SHARE",
+            "Share (0-1) of past corrections (the regression set) a candidate must classify "
+            "as the moderators did.",
+            minimum=0,
+        ),
+    )
+    retrain_auto_promote: bool = field(
+        default=False,
+        metadata=_var(
+            "RETRAIN_AUTO_PROMOTE",
+            "Make a candidate that passed the gate the active model at once; otherwise an "
+            "admin promotes it in the dashboard.",
+        ),
+    )
+
     def __post_init__(self) -> None:
         # Frozen: normalise through object.__setattr__, once, at construction.
         data_dir = Path(self.data_dir).expanduser().absolute()
@@ -439,6 +558,11 @@ class Settings:
                 f"{_env_name('broker_visibility_timeout')}={self.broker_visibility_timeout} "
                 f"must be greater than {_env_name('task_time_limit')}={self.task_time_limit}, "
                 "or long tasks are delivered twice"
+            )
+        if any(not math.isfinite(w) or w <= 0 for w in self.webhook_retry_schedule):
+            raise ConfigError(
+                f"{_env_name('webhook_retry_schedule')}={self.webhook_retry_schedule!r} "
+                "must be positive numbers of seconds"
             )
         if self.review_audit_rate > 1:
             raise ConfigError(
@@ -532,6 +656,10 @@ def _parse_tuple(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _parse_floats(raw: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in _parse_tuple(raw))
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -551,6 +679,7 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {
     float: float,
     Path: Path,
     tuple[str, ...]: _parse_tuple,
+    tuple[float, ...]: _parse_floats,
 }
 
 

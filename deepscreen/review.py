@@ -57,15 +57,16 @@ def record_verdicts(
     model_version_id: int,
     settings: Settings,
     now: datetime,
-) -> int:
+) -> list[int]:
     """Point each image's verdict at its prediction by ``model_version_id``.
 
     A new verdict follows the review policy. An existing one from another model takes
     the new score; a human decision on it stands (state and final label are kept).
-    Running it again for the same predictions changes nothing. Returns rows written.
+    Running it again for the same predictions changes nothing. Returns the ids of the
+    images whose verdict this call inserted or repointed (a ``verdict.created`` each).
     """
     if not image_ids:
-        return 0
+        return []
     rows = session.execute(
         select(Prediction, Image.source, Image.created_at)
         .join(Image, Image.id == Prediction.image_id)
@@ -76,13 +77,13 @@ def record_verdicts(
         for v in session.scalars(select(Verdict).where(Verdict.image_id.in_(image_ids)))
     }
     new: list[dict[str, object]] = []
-    written = 0
+    written: list[int] = []
     for prediction, source, image_created_at in rows:
         verdict = existing.get(prediction.image_id)
         if verdict is not None:
             if verdict.prediction_id != prediction.id:
                 _repoint(verdict, prediction, settings, now)
-                written += 1
+                written.append(prediction.image_id)
             continue
         need = review_need(
             image_id=prediction.image_id,
@@ -114,10 +115,10 @@ def record_verdicts(
             insert(Verdict)
             .values(new)
             .on_conflict_do_nothing(index_elements=["image_id"])
-            .returning(Verdict.id)
+            .returning(Verdict.image_id)
         )
-        written += len(session.execute(stmt).all())
-    return written
+        written.extend(session.scalars(stmt))
+    return sorted(written)
 
 
 def _repoint(verdict: Verdict, prediction: Prediction, settings: Settings, now: datetime) -> None:

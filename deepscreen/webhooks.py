@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deepscreen.config import DEFAULT_WEBHOOK_RETRY_SCHEDULE
 from deepscreen.db.webhooks import (
     DeliveryStatus,
     EndpointKind,
@@ -45,8 +46,9 @@ REVIEW_COMPLETED = "review.completed"
 VERDICT_CHANGED = "verdict.changed"
 EVENT_TYPES = (VERDICT_CREATED, REVIEW_COMPLETED, VERDICT_CHANGED)
 
-#: Seconds before each retry after the first attempt: about 18 hours in all.
-RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000)
+#: Seconds before each retry after the first attempt, about 18 hours in all: the
+#: default of ``Settings.webhook_retry_schedule``.
+RETRY_SCHEDULE = DEFAULT_WEBHOOK_RETRY_SCHEDULE
 
 #: A signature older or newer than this (seconds) is refused by `verify`.
 DEFAULT_TOLERANCE = 300

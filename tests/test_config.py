@@ -87,10 +87,23 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_WEBHOOK_DISABLE_AFTER": "60",
         "DEEPSCREEN_WEBHOOK_SECRET_OVERLAP": "30",
         "DEEPSCREEN_WEBHOOK_DISPATCH_INTERVAL": "2",
+        "DEEPSCREEN_WEBHOOK_RETRY_SCHEDULE": "1, 2.5,60",
         "DEEPSCREEN_EVENTS_SECRET": "shh",
         "DEEPSCREEN_EVENTS_PREFIXES": "images/incoming/",
         "DEEPSCREEN_SUBMISSION_URL": "s3://images/api/",
         "DEEPSCREEN_SUBMISSION_MAX_BYTES": "1000",
+        "DEEPSCREEN_MODEL_REGISTRY_URL": "s3://models/",
+        "DEEPSCREEN_RETRAIN_DATA": "/data/a,csv:/data/b.csv",
+        "DEEPSCREEN_RETRAIN_GOLDEN": "/data/golden",
+        "DEEPSCREEN_RETRAIN_WEIGHTS": "/w/mobilenet.weights.h5",
+        "DEEPSCREEN_RETRAIN_FROM": "imagenet",
+        "DEEPSCREEN_RETRAIN_CORRECTION_WEIGHT": "3",
+        "DEEPSCREEN_RETRAIN_HPARAMS": "head_epochs=1,fine_tune_epochs=1",
+        "DEEPSCREEN_RETRAIN_INTERVAL": "86400",
+        "DEEPSCREEN_RETRAIN_MIN_CORRECTIONS": "20",
+        "DEEPSCREEN_GATE_MAX_AUC_DROP": "0.02",
+        "DEEPSCREEN_GATE_MIN_FIXED_SHARE": "0.7",
+        "DEEPSCREEN_RETRAIN_AUTO_PROMOTE": "true",
     }
     settings = Settings.from_env(env)
     # Every field has a variable, and this test sets every one of them.
@@ -102,6 +115,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.scan_urls == ("s3://a/in/", "file:///srv/photos")
     assert settings.s3_connect_timeout == 1.5
     assert settings.broker_transport_options == {"visibility_timeout": 7200}
+    assert settings.webhook_retry_schedule == (1.0, 2.5, 60.0)
     assert not settings.is_sqlite
 
 
@@ -153,6 +167,8 @@ def test_empty_values_mean_default() -> None:
         ),
         ("DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT", "60", "must be greater than DEEPSCREEN_TASK_TIME"),
         ("DEEPSCREEN_RECONCILE_AFTER", "300", "must be greater than DEEPSCREEN_TASK_TIME_LIMIT"),
+        ("DEEPSCREEN_WEBHOOK_RETRY_SCHEDULE", "5,soon", "not a valid tuple"),
+        ("DEEPSCREEN_WEBHOOK_RETRY_SCHEDULE", "5,0", "must be positive numbers of seconds"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

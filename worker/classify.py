@@ -13,6 +13,10 @@ unsupported and oversized images and missing objects fail with ``code: message``
 and are never retried. Images whose fetch hit a transient error stay processing
 and a `TransientError` is raised after the commit, so the task is retried for
 them; on the last attempt they fail instead.
+
+Each new verdict emits a ``verdict.created`` webhook event in the transaction that
+writes it; its deliveries are enqueued after the commit (a redelivered batch writes
+no verdict, so it emits nothing).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,6 +39,7 @@ from deepscreen.db.session import session_scope
 from deepscreen.errors import DeepscreenError, PermanentError, TransientError
 from deepscreen.imaging import DecodedImage
 from deepscreen.review import record_verdicts
+from worker.events import emit_verdicts_created
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class BatchOutcome:
     skipped: list[int] = field(default_factory=list)
     #: Transient failures left processing for a retry.
     retry: list[int] = field(default_factory=list)
+    #: Webhook deliveries of the ``verdict.created`` events this call emitted.
+    deliveries: list[int] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -101,12 +108,15 @@ def classify_batch(
     runtime: Runtime,
     final_attempt: bool = False,
     task_id: str = "-",
+    enqueue_deliveries: Callable[[Sequence[int]], object] | None = None,
 ) -> BatchOutcome:
     """Classify the images ``image_ids`` that still need a verdict from this model.
 
     Raises `TransientError` (after committing everything else) when some images
     could not be fetched for a transient reason and this is not ``final_attempt``.
     Database errors surface as `DatabaseUnavailable`, also transient.
+    ``enqueue_deliveries(ids)`` sends the webhook deliveries of the new verdicts
+    after the commit; if it cannot, the webhook dispatcher sends them later.
     """
     outcome = BatchOutcome()
     version_id = runtime.model_version_id
@@ -114,6 +124,16 @@ def classify_batch(
     if claimed:
         fetched = _fetch_all(claimed, runtime)
         _infer_and_record(fetched, runtime, version_id, final_attempt, outcome, task_id)
+    if outcome.deliveries and enqueue_deliveries is not None:
+        try:
+            enqueue_deliveries(outcome.deliveries)
+        except TransientError as exc:
+            logger.warning(
+                "task %s: %d webhook deliveries left to the dispatcher: %s",
+                task_id,
+                len(outcome.deliveries),
+                exc,
+            )
     logger.info(
         "task %s: %d classified, %d failed, %d skipped, %d to retry (images %s)",
         task_id,
@@ -224,9 +244,9 @@ def _infer_and_record(
     by_id = {f.claimed.image_id: f for f in fetched}
     with session_scope(runtime.session_factory) as session:
         queries.add_predictions(session=session, rows=predictions)
-        record_verdicts(
+        new_verdicts = record_verdicts(
             session=session,
-            image_ids=[row["image_id"] for row in predictions],
+            image_ids=[f.claimed.image_id for f in good],
             model_version_id=version_id,
             settings=runtime.settings,
             now=now,
@@ -254,6 +274,13 @@ def _infer_and_record(
                 _fail(image, reason, now)
                 outcome.failed[image.id] = reason
                 logger.warning("task %s image %d failed: %s", task_id, image.id, reason)
+        outcome.deliveries = emit_verdicts_created(
+            session,
+            image_ids=new_verdicts,
+            model_version_id=version_id,
+            model_sha256=classifier.version,
+            now=now,
+        )
 
 
 def _fail(image: Image, reason: str, now: datetime) -> None:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 def register_worker(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "worker",
-        help="run a Celery worker for the ingest and classify queues",
+        help="run a Celery worker for the ingest, classify and webhooks queues",
         description="A Celery worker on DEEPSCREEN_BROKER_URL: prefork pool, one process per "
         "core (DEEPSCREEN_WORKER_CONCURRENCY), DEEPSCREEN_INFERENCE_THREADS LiteRT threads "
         "per process, the model loaded once per process after the fork.",
@@ -144,10 +144,11 @@ def run_worker(args: argparse.Namespace) -> int:
 def register_beat(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "beat",
-        help="run Celery beat: the reconciler and the periodic scans",
-        description="Sends the reconcile task every DEEPSCREEN_RECONCILE_INTERVAL seconds and "
+        help="run Celery beat: the reconciler, the periodic scans and the webhook dispatcher",
+        description="Sends the reconcile task every DEEPSCREEN_RECONCILE_INTERVAL seconds, "
         "an ingest task per DEEPSCREEN_SCAN_URLS entry every DEEPSCREEN_SCAN_INTERVAL "
-        "seconds. Run exactly one.",
+        "seconds, and the webhook dispatcher (due retries) every "
+        "DEEPSCREEN_WEBHOOK_DISPATCH_INTERVAL seconds. Run exactly one.",
     )
     p.add_argument("--loglevel", choices=LOG_LEVELS, default="INFO", type=str.upper)
     p.set_defaults(func=run_beat)

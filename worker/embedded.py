@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +42,7 @@ from deepscreen.storage import LocalStore, ObjectInfo
 from worker.report import print_report
 from worker.runtime import Runtime
 from worker.tasks import create_worker_app
+from worker.webhooks import unattempted
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ POLL_SECONDS = 0.25
 #: Seconds to wait for the worker thread to start, and to finish its task on stop.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
+#: Seconds the run waits, once every image is decided, for the first attempt of the
+#: webhook deliveries it caused; the rest stay queued for the next run.
+DELIVERY_WAIT = 30.0
 
 OK, FAILED, USAGE_ERROR, INTERRUPTED = 0, 1, 2, 130
 
@@ -101,10 +106,13 @@ def run_folder(
     app = create_worker_app(settings, runtime)
     store = LocalStore(folder)
     listed: set[tuple[str, str]] = set()
+    started = utcnow()
     try:
         with embedded_worker(app) as abort:
             summary = _ingest(store, runtime, app, listed, progress)
             finished = _wait(runtime, store.bucket, abort, progress)
+            if finished:
+                _wait_deliveries(runtime, started)
         with session_scope(runtime.session_factory) as session:
             rows = [
                 (image, prediction)
@@ -240,6 +248,17 @@ def _wait(runtime: Runtime, bucket: str, abort: _Abort, progress: bool | None) -
                 return True
             if abort.event.wait(POLL_SECONDS):
                 return False
+
+
+def _wait_deliveries(runtime: Runtime, since: datetime) -> None:
+    """Let the embedded worker make the first attempt of this run's webhook deliveries
+    (retries belong to a production worker and beat), for `DELIVERY_WAIT` at most."""
+    deadline = time.monotonic() + DELIVERY_WAIT
+    while left := unattempted(session_factory=runtime.session_factory, since=since):
+        if time.monotonic() > deadline:
+            logger.warning("%d webhook deliveries stay queued for the next run", left)
+            return
+        time.sleep(POLL_SECONDS)
 
 
 @contextmanager

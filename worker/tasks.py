@@ -3,7 +3,8 @@
 Each task fixes the retry policy (transient errors only, exponential backoff with
 full jitter, a bound) and hands its arguments to a function that has no Celery
 import and is tested on its own: `worker.classify.classify_batch`,
-`deepscreen.commands.ingest.ingest` and `worker.reconcile.reconcile`.
+`deepscreen.commands.ingest.ingest`, `worker.reconcile.reconcile`, and
+`worker.webhooks.deliver` and `dispatch`.
 
 Tasks are registered on an app by `create_worker_app` rather than at import, and
 close over a `Runtime` whose resources each worker process builds for itself.
@@ -19,10 +20,11 @@ from celery import Celery, Task
 from deepscreen import taskqueue
 from deepscreen.commands.ingest import ingest
 from deepscreen.config import Settings
-from deepscreen.errors import TransientError
+from deepscreen.errors import DatabaseUnavailable, TransientError
 from worker.classify import classify_batch
 from worker.reconcile import reconcile
 from worker.runtime import Runtime
+from worker.webhooks import deliver, dispatch
 
 #: Seconds before the first retry; doubles each time (2, 4, 8, ...), full jitter.
 RETRY_BACKOFF = 2
@@ -41,6 +43,18 @@ def retry_policy(settings: Settings) -> dict[str, Any]:
     }
 
 
+def delivery_policy(settings: Settings) -> dict[str, Any]:
+    """Options of the deliver task: Celery retries a database error only. A failed POST
+    is recorded and retried on the webhook schedule, by the dispatcher."""
+    return {**retry_policy(settings), "autoretry_for": (DatabaseUnavailable,)}
+
+
+def dispatched_expiry(settings: Settings) -> float:
+    """Seconds a dispatched delivery message stays valid in the queue: the next
+    dispatcher runs send a due delivery again, so a backlog holds a few copies at most."""
+    return float(max(60, 4 * settings.webhook_dispatch_interval))
+
+
 def create_worker_app(settings: Settings, runtime: Runtime | None = None) -> Celery:
     """`deepscreen.taskqueue.create_celery` plus the task implementations."""
     app = taskqueue.create_celery(settings)
@@ -49,19 +63,26 @@ def create_worker_app(settings: Settings, runtime: Runtime | None = None) -> Cel
 
 
 def register_tasks(app: Celery, runtime: Runtime) -> None:
-    """Register the classify, ingest and reconcile tasks on ``app``."""
+    """Register the classify, ingest, reconcile and webhook tasks on ``app``."""
     settings = runtime.settings
     policy = retry_policy(settings)
 
     def enqueue(ids: Sequence[int]) -> int:
         return taskqueue.enqueue_classify(app, ids, batch_size=settings.classify_batch_size)
 
+    def enqueue_deliveries(ids: Sequence[int]) -> int:
+        return taskqueue.enqueue_deliveries(app, ids)
+
     @app.task(name=taskqueue.CLASSIFY_BATCH, bind=True, **policy)
     def classify_batch_task(self: Task, image_ids: list[int]) -> dict[str, int]:
         # On the last allowed try, transient failures are recorded instead of raised.
         final = self.request.retries >= (self.max_retries or 0)
         outcome = classify_batch(
-            image_ids, runtime=runtime, final_attempt=final, task_id=str(self.request.id)
+            image_ids,
+            runtime=runtime,
+            final_attempt=final,
+            task_id=str(self.request.id),
+            enqueue_deliveries=enqueue_deliveries,
         )
         return outcome.counts()
 
@@ -81,3 +102,16 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             settings=settings, session_factory=runtime.session_factory, enqueue=enqueue
         )
         return outcome.counts()
+
+    @app.task(name=taskqueue.DELIVER_WEBHOOK, bind=True, **delivery_policy(settings))
+    def deliver_webhook_task(self: Task, delivery_id: int) -> dict[str, object]:
+        outcome = deliver(
+            int(delivery_id), settings=settings, session_factory=runtime.session_factory
+        )
+        return outcome.summary()
+
+    @app.task(name=taskqueue.DISPATCH_WEBHOOKS, bind=True, **policy)
+    def dispatch_webhooks_task(self: Task) -> dict[str, int]:
+        ids = dispatch(session_factory=runtime.session_factory)
+        sent = taskqueue.enqueue_deliveries(app, ids, expires=dispatched_expiry(settings))
+        return {"dispatched": sent}

@@ -84,6 +84,8 @@ def arranged(seed: Seed, dbs: Session, make_user: Callable[..., User]) -> Seeded
     for image_id, ago in [(ids[0], 5), (ids[1], 5), (ids[2], 5), (ids[3], 125), (ids[4], 125)]:
         images[image_id].finished_at = now - timedelta(minutes=ago)
     images[ids[5]].finished_at = now - timedelta(days=3)
+    for image_id in (ids[6], ids[7]):  # outside every window
+        images[image_id].finished_at = now - timedelta(days=400)
     for user, action, ago in [
         (alice, Action.CONFIRM, 1),
         (alice, Action.CONFIRM, 2),

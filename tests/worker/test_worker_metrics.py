@@ -49,16 +49,18 @@ def counted() -> Iterator[tuple[WorkerMetrics, CollectorRegistry]]:
 @pytest.fixture
 def app(tmp_path: Path) -> Celery:
     """A Celery app with stand-ins named like the real tasks (run with ``apply``, which
-    goes through the same tracer, and so the same signals, as a worker)."""
+    goes through the same tracer, and so the same signals, as a worker). Not shared:
+    a shared task would be copied into every app made later, the worker's too."""
     app = taskqueue.create_celery(Settings(data_dir=tmp_path / "data"))
 
-    @app.task(name=taskqueue.CLASSIFY_BATCH)
+    @app.task(name=taskqueue.CLASSIFY_BATCH, shared=False)
     def classify(counts: dict[str, int]) -> dict[str, int]:
         return counts
 
     @app.task(
         name=taskqueue.INGEST,
         bind=True,
+        shared=False,
         autoretry_for=(TransientError,),
         max_retries=1,
         retry_backoff=False,
@@ -112,7 +114,7 @@ def test_the_embedded_queue_depth_is_its_message_files(tmp_path: Path) -> None:
     taskqueue.enqueue_classify(app, [1, 2, 3], batch_size=2)
     taskqueue.send(app, taskqueue.INGEST, args=["file:///nowhere"])
     # Then the depths are counted per queue
-    assert queue_depths(settings) == {"ingest": 1, "classify": 2}
+    assert queue_depths(settings) == {"ingest": 1, "classify": 2, "webhooks": 0}
     registry = CollectorRegistry()
     registry.register(QueueDepthCollector(settings))
     assert value(registry, "deepscreen_worker_queue_depth", queue="classify") == 2

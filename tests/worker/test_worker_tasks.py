@@ -13,7 +13,7 @@ from deepscreen import taskqueue
 from deepscreen.cli import build_parser, main
 from deepscreen.config import Settings
 from deepscreen.db import migrate
-from deepscreen.errors import TransientError
+from deepscreen.errors import DatabaseUnavailable, TransientError
 from worker.cli import worker_argv
 from worker.tasks import create_worker_app
 
@@ -40,13 +40,15 @@ def test_the_app_delivers_at_least_once_with_json_only(tmp_path: Path) -> None:
     assert conf.task_ignore_result
 
 
-def test_tasks_are_routed_to_the_ingest_and_classify_queues(tmp_path: Path) -> None:
+def test_tasks_are_routed_to_the_ingest_classify_and_webhooks_queues(tmp_path: Path) -> None:
     app = taskqueue.create_celery(redis_settings(tmp_path))
-    assert sorted(app.amqp.queues) == ["classify", "ingest"]
+    assert {"classify", "ingest", "webhooks"} <= set(app.amqp.queues)
     route = app.amqp.router.route
     assert route({}, taskqueue.CLASSIFY_BATCH)["queue"].name == taskqueue.CLASSIFY_QUEUE
     assert route({}, taskqueue.INGEST)["queue"].name == taskqueue.INGEST_QUEUE
     assert route({}, taskqueue.RECONCILE)["queue"].name == taskqueue.INGEST_QUEUE
+    assert route({}, taskqueue.DELIVER_WEBHOOK)["queue"].name == taskqueue.WEBHOOKS_QUEUE
+    assert route({}, taskqueue.DISPATCH_WEBHOOKS)["queue"].name == taskqueue.WEBHOOKS_QUEUE
 
 
 def test_beat_runs_the_reconciler_and_one_scan_per_url(tmp_path: Path) -> None:
@@ -86,6 +88,19 @@ def test_worker_tasks_retry_transient_errors_only_with_backoff_and_a_bound(
         assert task.max_retries == 7
         assert task.retry_backoff and task.retry_jitter
         assert task.acks_late
+
+
+def test_a_delivery_is_retried_by_celery_for_database_errors_only(tmp_path: Path) -> None:
+    # A failed POST is recorded and retried on the webhook schedule by the dispatcher;
+    # Celery itself only retries when the database could not record anything.
+    app = create_worker_app(redis_settings(tmp_path, task_max_retries=7))
+    deliver = app.tasks[taskqueue.DELIVER_WEBHOOK]
+    assert deliver.autoretry_for == (DatabaseUnavailable,)
+    assert deliver.max_retries == 7 and deliver.retry_backoff and deliver.acks_late
+    dispatch = app.tasks[taskqueue.DISPATCH_WEBHOOKS]
+    assert dispatch.autoretry_for == (TransientError,)
+    entry = app.conf.beat_schedule["dispatch webhooks"]
+    assert entry["task"] == taskqueue.DISPATCH_WEBHOOKS and entry["schedule"] == 5
 
 
 def test_the_worker_command_defaults(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def test_a_batch_writes_one_verdict_per_classified_image_and_again_changes_nothi
             now=utcnow(),
         )
     # Then nothing changes
-    assert written == 0
+    assert written == []
     with session_scope(runtime.session_factory) as session:
         after = {v.image_id: (v.id, v.updated_at) for v in session.scalars(select(Verdict))}
     assert {i: after[i] for i in before} == before
