@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             register = ep.load()
-        except ImportError as exc:
+        except (ImportError, AttributeError) as exc:
             # A slim install (a worker image, say) may lack an app; its commands go missing,
             # the others still work.
             log.debug("command %r unavailable: %s", ep.name, exc)
