@@ -17,6 +17,15 @@ them; on the last attempt they fail instead.
 Each new verdict emits a ``verdict.created`` webhook event in the transaction that
 writes it; its deliveries are enqueued after the commit (a redelivered batch writes
 no verdict, so it emits nothing).
+
+A batch is served by ONE `Serving` taken before the claim (the runtime reloads the
+registry's active version first if it changed), so its predictions, verdicts and
+events all name the version that produced them. "Already decided" means decided by
+that active version: after a promotion, images the old version classified are not
+queued again; only images classified from then on get the new version. A version
+in shadow scores the same decoded pixels after the active one; its predictions are
+stored in the same transaction, but it writes no verdict and no event, and a
+failure of it is logged and never fails the batch.
 """
 
 from __future__ import annotations
@@ -38,9 +47,11 @@ from deepscreen.db.models import Image, ImageStatus
 from deepscreen.db.session import session_scope
 from deepscreen.errors import DeepscreenError, PermanentError, TransientError
 from deepscreen.imaging import DecodedImage
+from deepscreen.inference import Classifier
 from deepscreen.review import record_verdicts
 from worker.events import emit_verdicts_created
 from worker.runtime import Runtime
+from worker.serving import ServedModel, Serving
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +130,11 @@ def classify_batch(
     after the commit; if it cannot, the webhook dispatcher sends them later.
     """
     outcome = BatchOutcome()
-    version_id = runtime.model_version_id
-    claimed = _claim(image_ids, runtime, version_id, outcome, task_id)
+    serving = runtime.serving()
+    claimed = _claim(image_ids, runtime, serving.active.version_id, outcome, task_id)
     if claimed:
-        fetched = _fetch_all(claimed, runtime)
-        _infer_and_record(fetched, runtime, version_id, final_attempt, outcome, task_id)
+        fetched = _fetch_all(claimed, runtime, serving.active.classifier)
+        _infer_and_record(fetched, runtime, serving, final_attempt, outcome, task_id)
     if outcome.deliveries and enqueue_deliveries is not None:
         try:
             enqueue_deliveries(outcome.deliveries)
@@ -189,9 +200,8 @@ def _claim(
     return claimed
 
 
-def _fetch_all(claimed: list[_Claimed], runtime: Runtime) -> list[_Fetched]:
+def _fetch_all(claimed: list[_Claimed], runtime: Runtime, classifier: Classifier) -> list[_Fetched]:
     """Fetch and decode every claimed image, overlapping the store's latency in threads."""
-    classifier = runtime.classifier  # loaded here, not concurrently in the threads
     max_bytes = runtime.settings.max_image_bytes
 
     def fetch(item: _Claimed) -> _Fetched:
@@ -211,36 +221,20 @@ def _fetch_all(claimed: list[_Claimed], runtime: Runtime) -> list[_Fetched]:
 def _infer_and_record(
     fetched: list[_Fetched],
     runtime: Runtime,
-    version_id: int,
+    serving: Serving,
     final_attempt: bool,
     outcome: BatchOutcome,
     task_id: str,
 ) -> None:
-    classifier = runtime.classifier
+    classifier, version_id = serving.active.classifier, serving.active.version_id
     good = [f for f in fetched if f.decoded is not None]
-    scores: list[float] = []
-    per_image_ms = 0.0
+    predictions: list[dict[str, object]] = []
+    now = utcnow()
     if good:
         pixels = np.stack([f.decoded.pixels for f in good if f.decoded is not None])
-        with runtime.inference_lock:
-            started = time.perf_counter()
-            scores = [float(s) for s in classifier.predict_pixels(pixels)]
-            # One batched call: each image is charged its share of it.
-            per_image_ms = (time.perf_counter() - started) * 1000 / len(good)
-
-    now = utcnow()
-    predictions = [
-        {
-            "image_id": f.claimed.image_id,
-            "model_version_id": version_id,
-            "score": score,
-            "label": classifier.label_for(score),
-            "threshold": classifier.threshold,
-            "inference_ms": per_image_ms,
-            "created_at": now,
-        }
-        for f, score in zip(good, scores, strict=True)
-    ]
+        predictions = _predict(serving.active, pixels, good, runtime, now)
+        if serving.shadow is not None:
+            predictions += _shadow_predict(serving.shadow, pixels, good, runtime, now, task_id)
     by_id = {f.claimed.image_id: f for f in fetched}
     with session_scope(runtime.session_factory) as session:
         queries.add_predictions(session=session, rows=predictions)
@@ -281,6 +275,56 @@ def _infer_and_record(
             model_sha256=classifier.version,
             now=now,
         )
+
+
+def _predict(
+    model: ServedModel,
+    pixels: np.ndarray,
+    good: list[_Fetched],
+    runtime: Runtime,
+    now: datetime,
+) -> list[dict[str, object]]:
+    """Prediction rows of ``model`` on the batch, timed on their own."""
+    classifier = model.classifier
+    with runtime.inference_lock:
+        started = time.perf_counter()
+        scores = [float(s) for s in classifier.predict_pixels(pixels)]
+        # One batched call: each image is charged its share of it.
+        per_image_ms = (time.perf_counter() - started) * 1000 / len(good)
+    return [
+        {
+            "image_id": f.claimed.image_id,
+            "model_version_id": model.version_id,
+            "score": score,
+            "label": classifier.label_for(score),
+            "threshold": classifier.threshold,
+            "inference_ms": per_image_ms,
+            "created_at": now,
+        }
+        for f, score in zip(good, scores, strict=True)
+    ]
+
+
+def _shadow_predict(
+    model: ServedModel,
+    pixels: np.ndarray,
+    good: list[_Fetched],
+    runtime: Runtime,
+    now: datetime,
+    task_id: str,
+) -> list[dict[str, object]]:
+    """The shadow model's rows, or none if it fails: it must never fail the batch."""
+    try:
+        return _predict(model, pixels, good, runtime, now)
+    except DeepscreenError as exc:
+        logger.error(
+            "task %s: shadow model %s failed, its scores are skipped (images %s): %s",
+            task_id,
+            model.sha256[:12],
+            _ids([f.claimed.image_id for f in good]),
+            exc,
+        )
+        return []
 
 
 def _fail(image: Image, reason: str, now: datetime) -> None:

@@ -1,14 +1,15 @@
-"""What one worker process holds: database engine, stores, the classifier and its model row.
+"""What one worker process holds: database engine, stores, the served models.
 
 Everything is built on first use, in the process that uses it. A prefork worker
 forks its children before any task runs, so each child opens its own database
 connections and loads its own LiteRT interpreter after the fork; if the parent
-did build something, a child notices the new process id and starts afresh.
+did build something, a child notices the new process id and starts afresh. Each
+process follows the registry's active (and shadow) model version on its own, before
+each batch (`worker.serving`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +20,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from deepscreen.config import Settings
-from deepscreen.db import queries
-from deepscreen.db.session import make_engine, make_session_factory, session_scope
-from deepscreen.inference import MODEL_FILE, Classifier
+from deepscreen.db.session import make_engine, make_session_factory
+from deepscreen.inference import Classifier
 from deepscreen.storage import ImageStore, make_s3_client, open_store, store_for_bucket
-
-logger = logging.getLogger(__name__)
+from worker.serving import CHECK_INTERVAL, ModelSet, Serving
 
 #: Threads per process that fetch (and decode) a batch's images concurrently.
 FETCH_THREADS = 8
@@ -33,13 +32,22 @@ FETCH_THREADS = 8
 class Runtime:
     """Lazily built, process-local resources of the worker tasks.
 
-    ``classifier`` may be passed in already loaded (the embedded mode validates the
-    model before it starts, tests share one). The classifier is not thread-safe:
+    ``classifier`` may be passed in already loaded (tests share one): it is the model
+    served while no version is active, as ``settings.model_dir`` is otherwise. The
+    registry's active version replaces it as soon as a batch notices one, at most
+    ``check_interval`` seconds after a change. Classifiers are not thread-safe:
     hold `inference_lock` around inference (decoding is safe from any thread).
     """
 
-    def __init__(self, settings: Settings, *, classifier: Classifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        classifier: Classifier | None = None,
+        check_interval: float = CHECK_INTERVAL,
+    ) -> None:
         self.settings = settings
+        self.check_interval = check_interval
         self.inference_lock = threading.Lock()
         self._lock = threading.Lock()
         self._given_classifier = classifier
@@ -47,12 +55,13 @@ class Runtime:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._classifier: Classifier | None = self._given_classifier
+        self._models = ModelSet(
+            self.settings, fallback=self._given_classifier, check_interval=self.check_interval
+        )
         self._engine: Engine | None = None
         self._session_factory: sessionmaker[Session] | None = None
         self._s3_client: BaseClient | None = None
         self._stores: dict[str, ImageStore] = {}
-        self._model_version_id: int | None = None
         self._fetch_pool: ThreadPoolExecutor | None = None
 
     def _check_process(self) -> None:
@@ -65,21 +74,22 @@ class Runtime:
         self._given_classifier = None
         self._reset()
 
-    @property
-    def classifier(self) -> Classifier:
-        """The model, loaded once per process with ``settings.inference_threads`` threads."""
+    def serving(self) -> Serving:
+        """The models one batch uses from start to end, reloaded first if the active
+        or shadow version changed (checked at most once per ``check_interval``)."""
         with self._lock:
             self._check_process()
-            if self._classifier is None:
-                s = self.settings
-                self._classifier = Classifier(
-                    s.model_dir,
-                    num_threads=s.inference_threads,
-                    max_batch=s.classify_batch_size,
-                    max_bytes=s.max_image_bytes,
-                    max_pixels=s.max_image_pixels,
-                )
-            return self._classifier
+            models = self._models
+        return models.current(self.session_factory)
+
+    @property
+    def classifier(self) -> Classifier:
+        """The active model as last loaded, or (before any batch) the fallback model,
+        loaded with ``settings.inference_threads`` threads; needs no database."""
+        with self._lock:
+            self._check_process()
+            models = self._models
+        return models.classifier()
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
@@ -100,28 +110,8 @@ class Runtime:
 
     @property
     def model_version_id(self) -> int:
-        """The ``model_versions`` id of the loaded model, registering the model if new."""
-        classifier = self.classifier
-        with self._lock:
-            if self._model_version_id is not None:
-                return self._model_version_id
-        with session_scope(self.session_factory) as session:
-            version = queries.ensure_model_version(
-                session=session,
-                sha256=classifier.version,
-                name=str(classifier.card.get("name", classifier.model_dir.name)),
-                location=str(classifier.model_dir / MODEL_FILE),
-                card=classifier.card,
-            )
-            version_id, active = version.id, version.active
-        if not active:
-            logger.warning(
-                "serving model %s, which is not the active model version",
-                classifier.version[:12],
-            )
-        with self._lock:
-            self._model_version_id = version_id
-        return version_id
+        """The ``model_versions`` id of the active model (see `serving`)."""
+        return self.serving().active.version_id
 
     def store(self, bucket: str) -> ImageStore:
         """The store an ``images.bucket`` value names (one per bucket, S3 client shared)."""
@@ -148,12 +138,12 @@ class Runtime:
         return self._s3_client
 
     def close(self) -> None:
-        """Release connections and threads (the classifier stays loaded)."""
+        """Release connections and threads (the models stay loaded)."""
         with self._lock:
             if self._fetch_pool is not None:
                 self._fetch_pool.shutdown(wait=True)
             if self._engine is not None and os.getpid() == self._pid:
                 self._engine.dispose()
-            classifier = self._classifier
+            models = self._models
             self._reset()
-            self._classifier = classifier
+            self._models = models

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -245,3 +245,26 @@ def images_with_predictions(
         .order_by(Image.key, Image.id)
     )
     return [(image, prediction) for image, prediction in session.execute(stmt).tuples()]
+
+
+class ServedVersion(NamedTuple):
+    """The little a worker needs to know which model to serve and where to get it."""
+
+    id: int
+    sha256: str
+    location: str
+
+
+def get_served_model_versions(
+    *, session: Session
+) -> tuple[ServedVersion | None, ServedVersion | None]:
+    """The active model version and the one in shadow, if any (ids, sha256s and
+    locations, no cards): the one small query a worker runs before each batch."""
+    rows = session.execute(
+        select(ModelVersion.id, ModelVersion.sha256, ModelVersion.location, ModelVersion.active)
+        .where(ModelVersion.active.is_(True) | ModelVersion.shadow.is_(True))
+        .order_by(ModelVersion.id)
+    ).all()
+    active = next((ServedVersion(*r[:3]) for r in rows if r.active), None)
+    shadow = next((ServedVersion(*r[:3]) for r in rows if not r.active), None)
+    return active, shadow

@@ -8,14 +8,12 @@ Seeding goes through the same kernel code the worker uses (`register_images`,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
+from dashboard_helpers import PASSWORD, Seeded, login, make_settings
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
@@ -30,33 +28,6 @@ from deepscreen.db.moderation import Role, User
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
 from deepscreen.review import record_verdicts
 from deepscreen.storage import LocalStore, ObjectInfo
-
-PASSWORD = "correct horse battery staple"
-
-
-@dataclass
-class Seeded:
-    """What `seed` registered: image ids in order, and the model version."""
-
-    image_ids: list[int]
-    model_version_id: int
-    folder: Path
-
-
-def make_settings(tmp_path: Path, database_url: str = "", **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "database_url": database_url,
-        "secret_key": "test-secret-key-" + "x" * 32,
-        "cookie_secure": False,  # the test client speaks plain http://localhost
-        "review_band": 0.15,
-        "review_fakes": True,
-        "review_audit_rate": 0.0,
-        "login_max_failures": 3,
-        "login_lockout_seconds": 60,
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture
@@ -95,23 +66,6 @@ def make_user(settings: Settings) -> Callable[..., User]:
     return make
 
 
-def login(client: FlaskClient, username: str, password: str = PASSWORD) -> Any:
-    """Log in through the form (fetching the CSRF token first); returns the response."""
-    page = client.get("/login")
-    return client.post(
-        "/login",
-        data={"username": username, "password": password, "csrf_token": csrf_from(page.text)},
-    )
-
-
-def csrf_from(html: str) -> str:
-    match = re.search(r'name="csrf-token" content="([^"]+)"', html) or re.search(
-        r'name="csrf_token" value="([^"]+)"', html
-    )
-    assert match, "no CSRF token on the page"
-    return match.group(1)
-
-
 @pytest.fixture
 def client_for(app: Flask, make_user: Callable[..., User]) -> Callable[[Role], FlaskClient]:
     """``client_for(role)``: a test client logged in as a new user of that role."""
@@ -140,11 +94,6 @@ def moderator(client_for: Callable[[Role], FlaskClient]) -> FlaskClient:
 @pytest.fixture
 def viewer(client_for: Callable[[Role], FlaskClient]) -> FlaskClient:
     return client_for(Role.VIEWER)
-
-
-def token_of(client: FlaskClient, path: str = "/") -> str:
-    """The CSRF token of ``client``'s session, read off a page."""
-    return csrf_from(client.get(path).text)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import Seeded
+from dashboard_helpers import Seeded
 from flask import Flask
 from flask.testing import FlaskClient
 from openapi_schema_validator import OAS31Validator, oas31_format_checker

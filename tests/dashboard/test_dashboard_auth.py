@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conftest import PASSWORD, csrf_from, login, token_of
+from dashboard_helpers import PASSWORD, csrf_from, login, token_of
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -41,7 +41,7 @@ def test_a_user_logs_in_and_out_and_the_old_cookie_is_dead(
 
 
 def test_cookies_are_secure_by_default(tmp_path, make_user) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_settings
+    from dashboard_helpers import make_settings
 
     from dashboard import create_app
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, Seeded
+from dashboard_helpers import PASSWORD, Seeded
 from flask import Flask
 from services import free_port, unavailable
 from sqlalchemy import select

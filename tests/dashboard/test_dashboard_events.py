@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from conftest import make_settings
+from dashboard_helpers import make_settings
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select

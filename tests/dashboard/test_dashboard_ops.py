@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, make_settings
+from dashboard_helpers import PASSWORD, make_settings
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -338,7 +338,7 @@ def test_login_page_of_the_served_app_sets_the_session_cookie_once_logged_in(
     html = page.read().decode()
     cookie = page.headers["Set-Cookie"].split(";", 1)[0]
     page_conn.close()
-    from conftest import csrf_from
+    from dashboard_helpers import csrf_from
 
     body = (
         f"username=alice&password={PASSWORD.replace(' ', '+')}&csrf_token={csrf_from(html)}"

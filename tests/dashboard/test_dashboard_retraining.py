@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from api_client import queued_tasks
-from conftest import Seeded, login, make_settings, token_of
+from dashboard_helpers import Seeded, login, make_settings, token_of
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 
-from conftest import Seeded, token_of
+from dashboard_helpers import Seeded, token_of
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session

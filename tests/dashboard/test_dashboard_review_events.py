@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api_client import queued_tasks
-from conftest import Seeded, login, token_of
+from dashboard_helpers import Seeded, login, token_of
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import login, make_settings
+from dashboard_helpers import login, make_settings
 from flask import Flask
 from flask.testing import FlaskClient
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import Seeded, make_settings, token_of
+from dashboard_helpers import Seeded, make_settings, token_of
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select

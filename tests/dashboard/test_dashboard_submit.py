@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from api_client import ApiClient, queued_tasks
-from conftest import make_settings
+from dashboard_helpers import make_settings
 from flask import Flask
 from PIL import Image as PILImage
 from sample_images import CORRUPT_FILES, image_bytes

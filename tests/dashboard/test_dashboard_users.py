@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import PASSWORD, login, token_of
+from dashboard_helpers import PASSWORD, login, token_of
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select

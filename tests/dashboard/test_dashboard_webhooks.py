@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from api_client import ApiClient, queued_tasks
-from conftest import login, make_settings, token_of
+from dashboard_helpers import login, make_settings, token_of
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select

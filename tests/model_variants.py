@@ -1,0 +1,32 @@
+"""Other valid models than the packaged one, without TensorFlow: the default model with
+zero bytes appended to its ``.tflite`` (LiteRT ignores them, the sha256 changes) and a
+card of its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from deepscreen.inference import default_model_dir
+
+#: Files of the packaged model a variant copies (the plots are left out: not needed).
+COPIED = ("model_card.json", "report.md")
+
+
+def model_variant(folder: Path, *, pad: int = 16, threshold: float = 0.5) -> Path:
+    """The default model in ``folder`` with ``pad`` bytes appended and ``threshold``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        shutil.copy(default_model_dir() / name, folder / name)
+    data = (default_model_dir() / "model.tflite").read_bytes() + b"\0" * pad
+    (folder / "model.tflite").write_bytes(data)
+    card = json.loads((folder / "model_card.json").read_text())
+    card.update(
+        version=hashlib.sha256(data).hexdigest(),
+        name=f"{card.get('name', 'model')}-variant-{pad}",
+        threshold=threshold,
+    )
+    (folder / "model_card.json").write_text(json.dumps(card, indent=2))
+    return folder
