@@ -78,15 +78,16 @@ def check_retrain(
     now: datetime | None = None,
 ) -> int | None:
     """Queue a run when ``settings.retrain_min_corrections`` new corrections exist and
-    no run is queued or running; returns the id of the run sent, if any.
+    no run is queued or running (and ``settings.retrain_data`` names base data);
+    returns the id of the run sent, if any.
 
     ``send(run_id)`` sends the retrain task after the commit. A run left queued
     longer than ``settings.reconcile_after`` while none runs lost its message (the
     broker was down when it was sent, say): it is sent again, which is harmless,
     since only one delivery can claim a queued run.
     """
-    if not settings.retrain_min_corrections:
-        return None
+    if not settings.retrain_min_corrections or not settings.retrain_data:
+        return None  # trigger off, or no base data (a run would fail at once)
     now = now or utcnow()
     with session_scope(session_factory) as session:
         pending = pending_run(session=session)

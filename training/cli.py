@@ -1,4 +1,4 @@
-"""`deepscreen train`, `deepscreen evaluate` and `deepscreen export`.
+"""`deepscreen train`, `evaluate`, `export`, `retrain` and `training-worker`.
 
 Registered on the `deepscreen` script through entry points. Registration imports
 nothing heavy; TensorFlow is imported only when one of these commands runs.
@@ -44,15 +44,23 @@ def _hparams(args: argparse.Namespace):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True, metavar="SOURCE", help=DATA_HELP)
-    p.add_argument("--hparams", type=Path, help="hyperparameter TOML (default training/hparams.toml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one hyperparameter")
+    p.add_argument(
+        "--hparams", type=Path, help="hyperparameter TOML (default training/hparams.toml)"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override one hyperparameter"
+    )
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train, evaluate and export a model (needs the training extra)")
+    p = subparsers.add_parser(
+        "train", help="train, evaluate and export a model (needs the training extra)"
+    )
     _add_common(p)
     p.add_argument("--weights", help='backbone init: "imagenet", "none" or a .weights.h5 path')
-    p.add_argument("--out", type=Path, required=True, help="model directory to write (tflite, card, report)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="model directory to write (tflite, card, report)"
+    )
     p.add_argument("--work-dir", type=Path, help="checkpoint folder (default runs/<time>)")
     p.add_argument("--no-export", action="store_true", help="train and save the Keras model only")
     p.set_defaults(func=run_train)
@@ -82,7 +90,9 @@ def run_train(args: argparse.Namespace) -> int:
         "history": result.history,
         "machine": _machine(),
     }
-    card = export(result.model, result.valid, hp, args.out, sources=result.sources, training_info=info)
+    card = export(
+        result.model, result.valid, hp, args.out, sources=result.sources, training_info=info
+    )
     total = time.monotonic() - started
     card["training"]["total_wall_time_s"] = round(total, 1)
     (args.out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -95,8 +105,12 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="measure an exported model on labelled data")
     _add_common(p)
     p.add_argument("--model", type=Path, help="model directory (default: the packaged model)")
-    p.add_argument("--split", choices=("train", "valid", "test", "all"), default="valid",
-                   help="which split of the data to score (default valid, as split in training)")
+    p.add_argument(
+        "--split",
+        choices=("train", "valid", "test", "all"),
+        default="valid",
+        help="which split of the data to score (default valid, as split in training)",
+    )
     p.add_argument("--out", type=Path, help="write report.md, metrics.json and plots here")
     p.add_argument("--threads", type=int, help="LiteRT threads")
     p.set_defaults(func=run_evaluate)
@@ -124,7 +138,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
         write_plots(scores, loaded.samples, clf.threshold, args.out)
-        (args.out / "report.md").write_text(markdown_report(ev, f"Evaluation of {clf.version[:12]}"))
+        (args.out / "report.md").write_text(
+            markdown_report(ev, f"Evaluation of {clf.version[:12]}")
+        )
         print(f"report written to {args.out}")
     for path, reason in loaded.failed:
         print(f"unreadable {path}: {reason}")
@@ -132,7 +148,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def register_export(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export a saved Keras model to TFLite with a parity check")
+    p = subparsers.add_parser(
+        "export", help="export a saved Keras model to TFLite with a parity check"
+    )
     _add_common(p)
     p.add_argument("--keras", type=Path, required=True, help="model.keras from a training run")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -155,13 +173,101 @@ def run_export(args: argparse.Namespace) -> int:
     splits = split_samples(samples, hp.val_fraction, hp.seed)
     valid = load_pixels(splits["valid"], preprocessing_for(hp))
     try:
-        card = export(model, valid, hp, args.out, sources=describe_sources(splits),
-                      training_info={"exported_from": str(args.keras), "machine": _machine()})
+        card = export(
+            model,
+            valid,
+            hp,
+            args.out,
+            sources=describe_sources(splits),
+            training_info={"exported_from": str(args.keras), "machine": _machine()},
+        )
     except ParityError as exc:
         print(f"deepscreen: export refused: {exc}", file=sys.stderr)
         return 3
     _print_summary(card)
     return 0
+
+
+def register_retrain(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "retrain",
+        help="run one retraining now: base data + corrections, gate, registry",
+        description="Train on DEEPSCREEN_RETRAIN_DATA plus every moderator correction, put "
+        "the candidate through the gate and register it if it passes (activating it if "
+        "DEEPSCREEN_RETRAIN_AUTO_PROMOTE). Prints the gate report. Exit status: 0 "
+        "registered, 3 refused, 1 failed.",
+    )
+    p.add_argument(
+        "--trigger",
+        choices=("manual", "schedule", "corrections"),
+        default="manual",
+        help="what the run is recorded as triggered by (default: manual)",
+    )
+    p.set_defaults(func=run_retrain)
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from deepscreen.config import Settings
+    from deepscreen.db.retraining import RunStatus
+    from training.retrain import retrain
+
+    outcome = retrain(Settings.from_env(), trigger=args.trigger)
+    if outcome.report is not None:
+        print(json.dumps(outcome.report, indent=2))
+    print(f"retraining run {outcome.run_id}: {outcome.status}", flush=True)
+    if outcome.error:
+        print(f"deepscreen: retraining failed: {outcome.error}", file=sys.stderr)
+    codes = {RunStatus.REGISTERED.value: 0, RunStatus.REFUSED.value: 3}
+    return codes.get(outcome.status, 1)
+
+
+def register_training_worker(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "training-worker",
+        help="run the Celery worker of the training queue (retraining; needs the training extra)",
+        description="Consumes only the training queue, one run at a time (solo pool): "
+        "deepscreen.retrain and deepscreen.check_retrain. Run exactly one. Runs it finds "
+        "still marked running when it starts were interrupted and are marked failed.",
+    )
+    p.add_argument(
+        "--loglevel", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO", type=str.upper
+    )
+    p.add_argument("--hostname", default=None, metavar="NAME", help="node name")
+    p.set_defaults(func=run_training_worker)
+
+
+def training_worker_argv(args: argparse.Namespace) -> list[str]:
+    """The ``celery worker`` command line of the training worker."""
+    import os
+
+    from deepscreen.taskqueue import TRAINING_QUEUE
+
+    return [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={TRAINING_QUEUE}",
+        f"--loglevel={args.loglevel}",
+        f"--hostname={args.hostname or f'deepscreen-training-{os.getpid()}@%h'}",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
+def run_training_worker(args: argparse.Namespace) -> int:
+    from deepscreen.config import Settings
+    from deepscreen.db.session import make_engine, make_session_factory
+    from deepscreen.retraining import fail_interrupted_runs
+    from training.tasks import create_training_app
+
+    settings = Settings.from_env()
+    engine = make_engine(settings)
+    try:
+        fail_interrupted_runs(session_factory=make_session_factory(engine))
+    finally:
+        engine.dispose()
+    app = create_training_app(settings)
+    return int(app.start(training_worker_argv(args)) or 0)
 
 
 def _machine() -> dict[str, Any]:
@@ -173,16 +279,22 @@ def _machine() -> dict[str, Any]:
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     print(f"{'set':<28} {'n':>5} {'AUC':>6} {'acc@op':>7} {'acc@.5':>7} {'FPR@op':>7}")
-    rows = [("all", metrics["overall"])] + list(metrics["per_source"].items()) + [
-        (f"ciplab {g}", m) for g, m in metrics["per_ciplab_difficulty"].items()
-    ]
+    rows = (
+        [("all", metrics["overall"])]
+        + list(metrics["per_source"].items())
+        + [(f"ciplab {g}", m) for g, m in metrics["per_ciplab_difficulty"].items()]
+    )
     for name, m in rows:
         op, half = m["operating"], m["half"]
         auc = "n/a" if op["roc_auc"] is None else f"{op['roc_auc']:.3f}"
-        print(f"{name:<28} {op['n']:>5} {auc:>6} {op['accuracy']:>7.3f} {half['accuracy']:>7.3f} {op['fpr']:>7.3f}")
+        print(
+            f"{name:<28} {op['n']:>5} {auc:>6} {op['accuracy']:>7.3f} {half['accuracy']:>7.3f} {op['fpr']:>7.3f}"
+        )
 
 
 def _print_summary(card: dict[str, Any]) -> None:
-    print(f"model {card['version'][:12]}  threshold {card['threshold']:.4f}  "
-          f"size {card['export']['size_bytes'] / 1e6:.2f} MB  parity max diff {card['parity']['max_abs_score_diff']:.5f}")
+    print(
+        f"model {card['version'][:12]}  threshold {card['threshold']:.4f}  "
+        f"size {card['export']['size_bytes'] / 1e6:.2f} MB  parity max diff {card['parity']['max_abs_score_diff']:.5f}"
+    )
     _print_metrics(card["metrics"]["validation"])

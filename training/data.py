@@ -2,9 +2,11 @@
 
 Four layouts are read: the Kaggle ciplab set (`training_real/`, `training_fake/`),
 the Kaggle "140k Real and Fake Faces" set (`real-vs-fake/{train,valid,test}/{real,fake}`),
-a generic `<root>/{real,fake}/` tree and a CSV manifest (`path,label[,source][,split]`).
-Pixels are decoded with `deepscreen.imaging.decode_image`, the serving code's own
-function, so training sees exactly what production sees.
+a generic `<root>/{real,fake}/` tree and a CSV manifest (`path,label[,source][,split]
+[,weight]`) whose paths may be store URLs (``s3://bucket/key``, ``file:///path``), as in
+the moderator corrections manifest. Pixels are decoded with
+`deepscreen.imaging.decode_image`, the serving code's own function, so training sees
+exactly what production sees.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from deepscreen.errors import ImageError
+from deepscreen.config import Settings
+from deepscreen.errors import ImageError, PermanentError
 from deepscreen.imaging import Preprocessing, decode_image
+from deepscreen.storage import ImageStore, store_for_bucket
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,30 @@ class Sample:
     difficulty: str = ""
     #: The split the layout itself assigns, or None to be assigned by `split_samples`.
     split: str | None = None
+    #: ``s3://bucket/key`` when the bytes live in a bucket (``path`` is then only a
+    #: name for splits and messages); empty for a local file.
+    url: str = ""
+    #: Explicit weight, in average base samples of the same class (moderator
+    #: corrections); None: weighted by class and source balancing alone.
+    weight: float | None = None
+
+    def read_bytes(self, stores: dict[str, ImageStore] | None = None) -> bytes:
+        """The encoded image, from its bucket (through ``stores``, by bucket) or its file."""
+        if not self.url:
+            return self.path.read_bytes()
+        bucket, key = split_s3_url(self.url)
+        if stores is None or bucket not in stores:
+            raise ValueError(f"no store for {self.url}")
+        return stores[bucket].get(key)
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); the key is taken as written (not unquoted)."""
+    rest = url.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    if not url.startswith("s3://") or not bucket or not key:
+        raise ValueError(f"{url!r} is not an s3://bucket/key URL")
+    return bucket, key
 
 
 def label_id(name: str) -> int:
@@ -48,7 +77,9 @@ def label_id(name: str) -> int:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
 def read_ciplab(root: Path, source: str = "ciplab") -> list[Sample]:
@@ -62,7 +93,9 @@ def read_ciplab(root: Path, source: str = "ciplab") -> list[Sample]:
     samples = [Sample(p, 0, source) for p in _images(real_dir)]
     for p in _images(fake_dir):
         difficulty = p.name.split("_", 1)[0].lower()
-        samples.append(Sample(p, 1, source, difficulty if difficulty in ("easy", "mid", "hard") else ""))
+        samples.append(
+            Sample(p, 1, source, difficulty if difficulty in ("easy", "mid", "hard") else "")
+        )
     return samples
 
 
@@ -94,9 +127,12 @@ def read_tree(root: Path, source: str | None = None) -> list[Sample]:
 
 
 def read_manifest(csv_path: Path, source: str | None = None) -> list[Sample]:
-    """A CSV manifest with columns path,label and optionally source and split.
+    """A CSV manifest with columns path,label and optionally source, split and weight.
 
-    Relative paths are taken from the CSV file's folder.
+    ``path`` is a file path (relative ones are taken from the CSV file's folder), a
+    ``file:///`` URL or an ``s3://bucket/key`` URL, whose bytes `load_pixels` reads
+    from the bucket. Other columns (a corrections manifest's reviewer, score...) are
+    ignored.
     """
     csv_path = Path(csv_path)
     samples = []
@@ -105,15 +141,31 @@ def read_manifest(csv_path: Path, source: str | None = None) -> list[Sample]:
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{csv_path} needs the columns path,label")
         for row in reader:
-            path = Path(row["path"])
-            if not path.is_absolute():
-                path = csv_path.parent / path
+            raw = row["path"].strip()
+            url = ""
+            if raw.startswith("s3://"):
+                split_s3_url(raw)  # refuse a malformed URL here, not at load time
+                path, url = Path(raw), raw
+            elif raw.startswith("file://"):
+                path = Path(unquote(urlsplit(raw).path))
+            else:
+                path = Path(raw)
+                if not path.is_absolute():
+                    path = csv_path.parent / path
             split = (row.get("split") or "").strip() or None
             if split is not None and split not in SPLITS:
                 raise ValueError(f"{csv_path}: unknown split {split!r}")
+            weight = (row.get("weight") or "").strip()
             samples.append(
-                Sample(path, label_id(row["label"]), row.get("source") or source or csv_path.stem,
-                       "", split)
+                Sample(
+                    path,
+                    label_id(row["label"]),
+                    row.get("source") or source or csv_path.stem,
+                    "",
+                    split,
+                    url=url,
+                    weight=float(weight) if weight else None,
+                )
             )
     return samples
 
@@ -131,7 +183,10 @@ def read_source(spec: str) -> list[Sample]:
     found: list[Sample] = []
     if (path / "training_real").is_dir() or (path / "real_and_fake_face").is_dir():
         found += read_ciplab(path)
-    if any((c / "real-vs-fake").is_dir() for c in (path, path / "real_vs_fake")) or path.name == "real-vs-fake":
+    if (
+        any((c / "real-vs-fake").is_dir() for c in (path, path / "real_vs_fake"))
+        or path.name == "real-vs-fake"
+    ):
         found += read_140k(path)
     if not found and (path / "real").is_dir():
         found = read_tree(path)
@@ -189,13 +244,30 @@ class LoadedSplit:
     failed: list[tuple[Path, str]]
 
 
-def load_pixels(samples: list[Sample], prep: Preprocessing, workers: int = 4) -> LoadedSplit:
-    """Decode every sample with the serving decoder (threads; Pillow releases the GIL)."""
+def load_pixels(
+    samples: list[Sample],
+    prep: Preprocessing,
+    workers: int = 4,
+    *,
+    settings: Settings | None = None,
+) -> LoadedSplit:
+    """Decode every sample with the serving decoder (threads; Pillow releases the GIL).
+
+    Samples in a bucket are read through `deepscreen.storage` with ``settings``' S3
+    endpoint and credentials (default: `Settings.from_env`). A file or object that is
+    gone or undecodable is skipped and reported; an unreachable store raises.
+    """
+    stores: dict[str, ImageStore] = {}
+    buckets = sorted({split_s3_url(s.url)[0] for s in samples if s.url})
+    if buckets:
+        settings = settings or Settings.from_env()
+        stores = {bucket: store_for_bucket(bucket, settings) for bucket in buckets}
 
     def one(sample: Sample) -> np.ndarray | str:
         try:
-            return decode_image(sample.path.read_bytes(), prep).pixels
-        except (OSError, ImageError) as exc:  # a bad file must not stop a training run
+            return decode_image(sample.read_bytes(stores), prep).pixels
+        # A bad or vanished file must not stop a training run; transient store errors do.
+        except (OSError, ImageError, PermanentError) as exc:
             return f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from deepscreen.config import Settings
 from deepscreen.errors import DeepscreenError
 from deepscreen.imaging import Preprocessing
 from training.data import LoadedSplit, Sample, count_table, load_pixels, read_source, split_samples
@@ -49,13 +50,36 @@ def preprocessing_for(hp: HParams) -> Preprocessing:
 
 
 def sample_weights(samples: list[Sample], hp: HParams) -> np.ndarray | None:
-    """Per-sample weights that balance classes and, optionally, sources; mean 1."""
-    if not hp.class_weighting and not hp.balance_sources:
+    """Per-sample weights that balance classes and, optionally, sources; mean 1.
+
+    A sample with an explicit ``weight`` (a moderator correction) stays out of the
+    balancing and counts ``weight`` times an average balanced sample of its class,
+    so a handful of corrections is neither drowned nor made a source of its own.
+    """
+    base = [s for s in samples if s.weight is None]
+    explicit = len(base) < len(samples)
+    if not hp.class_weighting and not hp.balance_sources and not explicit:
         return None
-    key = (lambda s: (s.source, s.label)) if hp.balance_sources else (lambda s: s.label)
-    counts = Counter(key(s) for s in samples)
-    w = np.array([1.0 / counts[key(s)] for s in samples])
-    return w / w.mean()
+    if hp.class_weighting or hp.balance_sources:
+        key = (lambda s: (s.source, s.label)) if hp.balance_sources else (lambda s: s.label)
+        counts = Counter(key(s) for s in base)
+        balanced = {id(s): 1.0 / counts[key(s)] for s in base}
+    else:
+        balanced = {id(s): 1.0 for s in base}
+    # An average balanced sample of each class, the unit of the explicit weights.
+    unit = {
+        label: float(np.mean(ws))
+        for label in (0, 1)
+        if (ws := [balanced[id(s)] for s in base if s.label == label])
+    }
+    fallback = float(np.mean(list(balanced.values()))) if balanced else 1.0
+    w = np.array(
+        [
+            balanced[id(s)] if s.weight is None else s.weight * unit.get(s.label, fallback)
+            for s in samples
+        ]
+    )
+    return w / w.mean() if w.mean() > 0 else None
 
 
 def describe_sources(splits: dict[str, list[Sample]]) -> list[dict[str, Any]]:
@@ -67,30 +91,55 @@ def describe_sources(splits: dict[str, list[Sample]]) -> list[dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for split, samples in splits.items():
         for s in samples:
-            entry = out.setdefault(s.source, {"name": s.source, "counts": {},
-                                              "licence": licences.get(s.source, "as supplied by the user")})
+            entry = out.setdefault(
+                s.source,
+                {
+                    "name": s.source,
+                    "counts": {},
+                    "licence": licences.get(s.source, "as supplied by the user"),
+                },
+            )
             by_label = entry["counts"].setdefault(split, {"real": 0, "fake": 0})
             by_label["real" if s.label == 0 else "fake"] += 1
     return list(out.values())
 
 
-def _fit(model: keras.Model, train_ds, val_ds, epochs: int, lr: float | Any, hp: HParams,
-         callbacks: list) -> dict[str, list[float]]:
+def _fit(
+    model: keras.Model, train_ds, val_ds, epochs: int, lr: float | Any, hp: HParams, callbacks: list
+) -> dict[str, list[float]]:
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=hp.weight_decay),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing),
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2)
+    hist = model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2
+    )
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
 def train(sources: list[str], hp: HParams, work_dir: Path) -> TrainingResult:
     """Read, split and decode the sources, train both phases, and apply the gate."""
+    return train_samples([s for spec in sources for s in read_source(spec)], hp, work_dir)
+
+
+def train_samples(
+    samples: list[Sample],
+    hp: HParams,
+    work_dir: Path,
+    *,
+    initial_weights: Path | None = None,
+    settings: Settings | None = None,
+) -> TrainingResult:
+    """Split and decode ``samples``, train both phases, and apply the gate.
+
+    ``initial_weights`` (a whole model's ``model.weights.h5``, e.g. the active model's)
+    replaces ``hp.weights`` as the starting point; the architecture must match ``hp``.
+    ``settings`` gives the S3 credentials of samples that live in a bucket.
+    """
     started = time.monotonic()
     keras.utils.set_random_seed(hp.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
-    samples = [s for spec in sources for s in read_source(spec)]
     splits = split_samples(samples, hp.val_fraction, hp.seed)
     log.info("samples per split, source and label:\n%s", count_table(splits))
     print(count_table(splits), flush=True)  # the CLI's users want these counts on screen
@@ -98,7 +147,8 @@ def train(sources: list[str], hp: HParams, work_dir: Path) -> TrainingResult:
         raise ValueError("training needs both a train and a validation split")
 
     prep = preprocessing_for(hp)
-    train_set, valid_set = load_pixels(splits["train"], prep), load_pixels(splits["valid"], prep)
+    train_set = load_pixels(splits["train"], prep, settings=settings)
+    valid_set = load_pixels(splits["valid"], prep, settings=settings)
     for path, reason in train_set.failed + valid_set.failed:
         print(f"skipped unreadable {path}: {reason}", flush=True)
     if len(set(train_set.labels.tolist())) < 2 or len(set(valid_set.labels.tolist())) < 2:
@@ -108,22 +158,33 @@ def train(sources: list[str], hp: HParams, work_dir: Path) -> TrainingResult:
     train_ds = make_dataset(train_set.pixels, train_set.labels, weights, hp, training=True)
     val_ds = make_dataset(valid_set.pixels, valid_set.labels, None, hp, training=False)
 
-    model = build_model(hp)
+    if initial_weights is None:
+        model = build_model(hp)
+    else:
+        model = build_model(hp, weights="none")
+        model.load_weights(initial_weights)
+        log.info("starting from the weights in %s", initial_weights)
     history: dict[str, list[float]] = {}
     if hp.head_epochs > 0:
         set_trainable(model, None)
-        for k, v in _fit(model, train_ds, val_ds, hp.head_epochs, hp.head_learning_rate, hp, []).items():
+        for k, v in _fit(
+            model, train_ds, val_ds, hp.head_epochs, hp.head_learning_rate, hp, []
+        ).items():
             history[f"head_{k}"] = v
     if hp.fine_tune_epochs > 0:
         n = set_trainable(model, hp.fine_tune_from)
         log.info("fine-tuning the top %d backbone layers", n)
-        stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                             patience=hp.early_stopping_patience,
-                                             restore_best_weights=True)
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_auc",
+            mode="max",
+            patience=hp.early_stopping_patience,
+            restore_best_weights=True,
+        )
         lr: float | Any = hp.fine_tune_learning_rate
         if hp.lr_schedule == "cosine":
             lr = keras.optimizers.schedules.CosineDecay(
-                lr, decay_steps=hp.fine_tune_epochs * int(train_ds.cardinality()))
+                lr, decay_steps=hp.fine_tune_epochs * int(train_ds.cardinality())
+            )
         for k, v in _fit(model, train_ds, val_ds, hp.fine_tune_epochs, lr, hp, [stop]).items():
             history[f"fine_{k}"] = v
 
@@ -134,13 +195,25 @@ def train(sources: list[str], hp: HParams, work_dir: Path) -> TrainingResult:
     (work_dir / "history.json").write_text(json.dumps(history, indent=2))
     model.save(work_dir / "model.keras")
     wall = time.monotonic() - started
-    print(f"validation ROC-AUC {val_auc:.4f} (gate {hp.min_val_auc}); trained in {wall:.0f} s", flush=True)
+    print(
+        f"validation ROC-AUC {val_auc:.4f} (gate {hp.min_val_auc}); trained in {wall:.0f} s",
+        flush=True,
+    )
     if val_auc < hp.min_val_auc:
         raise QualityGateFailed(
             f"validation ROC-AUC {val_auc:.4f} is below the gate {hp.min_val_auc}; not exported"
         )
-    return TrainingResult(model, hp, train_set, valid_set, val_scores, val_auc, history, wall,
-                          describe_sources(splits))
+    return TrainingResult(
+        model,
+        hp,
+        train_set,
+        valid_set,
+        val_scores,
+        val_auc,
+        history,
+        wall,
+        describe_sources(splits),
+    )
 
 
 def predict(model: keras.Model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
