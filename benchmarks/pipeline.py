@@ -11,7 +11,7 @@ queues classify batches on Redis, and a ``deepscreen worker`` subprocess with
 from the same run: end-to-end images/s; the inference-only rate of
 `deepscreen.inference` (decode + batched predict on the same bytes in memory, on the
 same cores, best of ``workers`` processes x 1 thread and 1 process x ``workers``
-threads); their ratio; p50/p95 latency from registration to verdict; peak RSS per
+threads, at batch 1 and at the classify batch size); their ratio; p50/p95 latency from registration to verdict; peak RSS per
 worker process; last, ``ratio: X.XX``. Project target: ratio >= 0.65.
 
 The Redis database given by ``--redis-url`` is flushed before and after the run; a
@@ -297,19 +297,26 @@ def _classify(batch: list[bytes]) -> int:
 
 
 def inference_only(images: list[bytes], cores: int, batch: int) -> dict[str, float]:
-    """images/s of decode + batched predict on in-memory bytes, model already loaded."""
-    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+    """images/s of decode + predict on in-memory bytes, model already loaded, at batch 1
+    and at ``batch``, as ``cores`` processes x 1 thread and 1 process x ``cores`` threads.
+    The report compares the pipeline with the best of them."""
     rates: dict[str, float] = {}
-    with get_context("fork").Pool(cores, initializer=_load, initargs=(1,)) as pool:
-        pool.map(_classify, batches[:cores], chunksize=1)  # warm up every process
+    for size in sorted({1, batch}):
+        batches = [images[i : i + size] for i in range(0, len(images), size)]
+        with get_context("fork").Pool(cores, initializer=_load, initargs=(1,)) as pool:
+            pool.map(_classify, batches[: cores * 2], chunksize=1)  # warm up every process
+            started = time.perf_counter()
+            total = sum(pool.imap_unordered(_classify, batches, chunksize=1))
+            rates[f"{cores} processes x 1 thread, batch {size}"] = total / (
+                time.perf_counter() - started
+            )
+        _load(cores)
+        _classify(batches[0])
         started = time.perf_counter()
-        total = sum(pool.imap_unordered(_classify, batches, chunksize=1))
-        rates[f"{cores} processes x 1 thread"] = total / (time.perf_counter() - started)
-    _load(cores)
-    _classify(batches[0])
-    started = time.perf_counter()
-    total = sum(_classify(b) for b in batches)
-    rates[f"1 process x {cores} threads"] = total / (time.perf_counter() - started)
+        total = sum(_classify(b) for b in batches)
+        rates[f"1 process x {cores} threads, batch {size}"] = total / (
+            time.perf_counter() - started
+        )
     return rates
 
 

@@ -34,6 +34,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -111,6 +112,9 @@ class _Fetched:
     size: int | None = None
     decoded: DecodedImage | None = None
     error: DeepscreenError | None = None
+    #: The active model's score and the milliseconds its inference took.
+    score: float | None = None
+    inference_ms: float = 0.0
 
 
 def classify_batch(
@@ -201,7 +205,10 @@ def _claim(
 
 
 def _fetch_all(claimed: list[_Claimed], runtime: Runtime, classifier: Classifier) -> list[_Fetched]:
-    """Fetch and decode every claimed image, overlapping the store's latency in threads."""
+    """Fetch and decode every claimed image in threads, and score each one with
+    ``classifier`` as soon as it is decoded: inference overlaps the store's latency
+    for the rest of the batch (one image at a time is also LiteRT's fastest way on
+    this CPU). Results come back in the order of ``claimed``."""
     max_bytes = runtime.settings.max_image_bytes
 
     def fetch(item: _Claimed) -> _Fetched:
@@ -215,7 +222,15 @@ def _fetch_all(claimed: list[_Claimed], runtime: Runtime, classifier: Classifier
             result.error = exc
         return result
 
-    return list(runtime.fetch_pool.map(fetch, claimed))
+    futures = [runtime.fetch_pool.submit(fetch, item) for item in claimed]
+    for future in as_completed(futures):
+        result = future.result()
+        if result.decoded is not None:
+            with runtime.inference_lock:
+                started = time.perf_counter()
+                result.score = float(classifier.predict_pixels(result.decoded.pixels[None])[0])
+                result.inference_ms = (time.perf_counter() - started) * 1000
+    return [future.result() for future in futures]
 
 
 def _infer_and_record(
@@ -231,9 +246,21 @@ def _infer_and_record(
     predictions: list[dict[str, object]] = []
     now = utcnow()
     if good:
-        pixels = np.stack([f.decoded.pixels for f in good if f.decoded is not None])
-        predictions = _predict(serving.active, pixels, good, runtime, now)
+        predictions = [
+            {
+                "image_id": f.claimed.image_id,
+                "model_version_id": version_id,
+                "score": f.score,
+                "label": classifier.label_for(f.score),
+                "threshold": classifier.threshold,
+                "inference_ms": f.inference_ms,
+                "created_at": now,
+            }
+            for f in good
+            if f.score is not None
+        ]
         if serving.shadow is not None:
+            pixels = np.stack([f.decoded.pixels for f in good if f.decoded is not None])
             predictions += _shadow_predict(serving.shadow, pixels, good, runtime, now, task_id)
     by_id = {f.claimed.image_id: f for f in fetched}
     with session_scope(runtime.session_factory) as session:
@@ -284,7 +311,7 @@ def _predict(
     runtime: Runtime,
     now: datetime,
 ) -> list[dict[str, object]]:
-    """Prediction rows of ``model`` on the batch, timed on their own."""
+    """Prediction rows of ``model`` (the shadow) on the batch, timed on their own."""
     classifier = model.classifier
     with runtime.inference_lock:
         started = time.perf_counter()
