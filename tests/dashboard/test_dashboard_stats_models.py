@@ -22,6 +22,7 @@ from deepscreen.db import migrate
 from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ModelVersion
 from deepscreen.db.moderation import Action, AuditEvent, Review, ReviewState, Role, User, Verdict
+from deepscreen.inference import default_model_dir
 
 Seed = Callable[..., Seeded]
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "deepscreen" / "models" / "default"
@@ -197,8 +198,11 @@ def test_the_models_list_and_card_render_escaped(
     assert listing.status_code == 200
     assert XSS not in listing.text and "&lt;script&gt;" in listing.text
     row = cells(listing.text, "model", card_model.id)
-    assert row[2] == "cd" * 6 and row[4] == "inactive" and row[5] == "0.835"
-    assert row[6:11] == ["0.911", "0.799", "0.926", "0.639", "0.049"]
+    card = json.loads((default_model_dir() / "model_card.json").read_text())
+    assert row[2] == "cd" * 6 and row[4] == "inactive" and row[5] == f"{card['threshold']:.3f}"
+    op = card["metrics"]["validation"]["overall"]["operating"]
+    keys = ("roc_auc", "accuracy", "precision", "recall", "fpr")
+    assert row[6:11] == [f"{op[k]:.3f}" for k in keys]
     assert cells(listing.text, "model", seeded.model_version_id)[4] == "active"
     assert "Activate" not in listing.text  # viewers change nothing
     detail = viewer.get(f"/models/{card_model.id}")
