@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import secrets
 import statistics
 import sys
 import tempfile
@@ -28,8 +27,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from pipeline import create_database, drop_database
+from sqlalchemy import insert, text
 
 from dashboard import create_app
 from dashboard.auth import new_user
@@ -52,11 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
     args = parser.parse_args(argv)
-    name = f"deepscreen_bench_{secrets.token_hex(4)}"
-    admin = create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.postgres_url).set(database=name).render_as_string(hide_password=False)
+    url = create_database(args.postgres_url)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings(
@@ -68,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"filled {args.images} images in {time.perf_counter() - started:.1f} s")
             measure(settings, args.repeat)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(args.postgres_url, url)
     return 0
 
 
