@@ -61,3 +61,30 @@ def shared_images(count: int) -> dict[str, bytes] | None:
         ).read_bytes()
         for row in picked[:count]
     }
+
+
+def synthetic_face(rng: np.random.Generator, fake: bool, size: int = 32) -> Image.Image:
+    """A smooth random image; fakes carry a periodic high-frequency grid, the kind of
+    upsampling trace a generator leaves, which a small CNN must learn to see."""
+    coarse = rng.uniform(40, 215, size=(6, 6, 3)).astype(np.uint8)
+    img = np.asarray(
+        Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float64
+    )
+    if fake:
+        yy, xx = np.mgrid[0:size, 0:size]
+        grid = ((xx % 4 < 2) ^ (yy % 4 < 2)).astype(np.float64) * 2 - 1
+        img += 50 * grid[..., None]
+    img += rng.normal(0, 3, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def write_images(
+    folder: Path, n: int, fake: bool, rng: np.random.Generator, prefix: str = ""
+) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"{prefix}{i:04d}.png"
+        synthetic_face(rng, fake).save(p)
+        paths.append(p)
+    return paths

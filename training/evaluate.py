@@ -18,23 +18,31 @@ from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from training.data import LABELS, Sample
 
 
-def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float:
+def threshold_at_fpr(
+    scores: np.ndarray, labels: np.ndarray, target_fpr: float, margin: float = 1e-4
+) -> float:
     """A threshold whose false-positive rate on real images is <= target_fpr.
 
-    A score >= threshold means "fake". The threshold sits halfway between the
-    highest real score that must stay below it and the next score above, so small
-    numeric differences (Keras vs TFLite) do not flip labels at the boundary.
+    A score >= threshold means "fake". The threshold sits in the middle of the first
+    gap above the highest real score that must stay below it that is at least
+    ``2 * margin`` wide, so no validation score lies within ``margin`` of it and
+    small numeric differences (Keras vs TFLite, float16) do not flip labels at the
+    boundary. Saturated scores (a cluster within float32 steps of 1.0) are skipped
+    over: the threshold then rises above them, which only lowers the false-positive
+    rate, and may exceed 1.0 (nothing is called fake).
     """
     real = np.sort(scores[labels == 0])
     if len(real) == 0:
         return 0.5
     allowed = int(np.floor(target_fpr * len(real)))  # reals that may score >= threshold
     if allowed >= len(real):
-        return float(real[0])
-    below = float(real[len(real) - 1 - allowed])
-    above = scores[scores > below]
-    upper = float(above.min()) if len(above) else min(1.0, below + 1e-3)
-    return (below + upper) / 2
+        return float(np.min(scores)) - margin  # every image is called fake
+    lower = float(real[len(real) - 1 - allowed])
+    for upper in np.unique(scores[scores > lower]).astype(float):
+        if upper - lower >= 2 * margin:
+            return (lower + upper) / 2
+        lower = upper
+    return lower + margin
 
 
 def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:

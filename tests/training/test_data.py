@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_images import write_images
 
 from deepscreen.imaging import Preprocessing
 from training.data import (
@@ -21,7 +22,7 @@ from training.data import (
     split_samples,
 )
 
-from .conftest import SHARED_DATA, requires_shared, write_images
+from .conftest import SHARED_DATA, requires_shared
 
 
 @pytest.fixture

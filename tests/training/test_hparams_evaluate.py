@@ -43,3 +43,24 @@ def test_binary_metrics_on_a_known_example() -> None:
     assert m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
     assert (m["accuracy"], m["precision"], m["recall"], m["fpr"]) == (0.5, 0.5, 0.5, 0.5)
     assert m["roc_auc"] == pytest.approx(0.75)
+
+
+def test_threshold_at_fpr_keeps_clear_of_saturated_scores() -> None:
+    # Given a confidently wrong model: reals saturate at or just below 1.0, one float32
+    # step apart, so no midpoint between them survives a rounding difference
+    one = np.float32(1.0)
+    below_one = np.nextafter(one, np.float32(0))
+    scores = np.array([0.2, 0.3] + [below_one] * 10 + [one] * 10 + [0.9, 0.1], np.float32)
+    labels = np.array([0, 0] + [0] * 20 + [1, 1])
+    # When the threshold is chosen for 5% false positives
+    t = threshold_at_fpr(scores, labels, 0.05)
+    # Then it sits above the saturated cluster, at least the margin from every score,
+    # and the false-positive rate is within the target
+    assert t > 1.0 and np.min(np.abs(scores.astype(float) - t)) >= 1e-4 - 1e-12
+    assert np.mean(scores[labels == 0] >= t) <= 0.05
+    # And a gap narrower than twice the margin is skipped for the next wide one
+    narrow = np.array([0.1, 0.50000, 0.50005, 0.50008, 0.7, 0.8])
+    t = threshold_at_fpr(narrow, np.array([0, 0, 0, 1, 1, 1]), 0.0)
+    assert t == pytest.approx((0.50008 + 0.7) / 2)
+    # And a target that allows every real above it calls every image fake
+    assert threshold_at_fpr(narrow, np.array([0, 0, 0, 1, 1, 1]), 1.0) < 0.1

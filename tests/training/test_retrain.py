@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from review_seed import Item, SeededReviews, seed_reviews
+from sample_images import synthetic_face
 from sqlalchemy import select
 
 from deepscreen import taskqueue
@@ -37,7 +38,6 @@ from deepscreen.retraining import PENDING, request_run
 from training.data import Sample, load_pixels, read_manifest
 from training.hparams import HParams
 
-from .conftest import synthetic_face
 from .test_train_export import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,10 +241,6 @@ def _with_active(settings: Settings, first: Settings) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="flaky on CI (issue 6, open): the swapped-label candidate is sometimes refused by "
-    "the export's parity check instead of the gate; passes locally"
-)
 def test_a_worse_candidate_is_refused_and_not_published(
     first_run: tuple[Settings, Any, SeededReviews],
     synthetic_tree: Path,
