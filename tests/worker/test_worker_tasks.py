@@ -68,6 +68,40 @@ def test_beat_runs_the_reconciler_and_one_scan_per_url(tmp_path: Path) -> None:
     assert app.conf.beat_schedule_filename == str(tmp_path / taskqueue.BEAT_SCHEDULE_FILE)
 
 
+def test_beat_triggers_retraining_on_its_schedule_and_on_new_corrections(
+    tmp_path: Path,
+) -> None:
+    # Given retraining configured with both triggers
+    settings = redis_settings(
+        tmp_path,
+        retrain_data=("tree:/data/base",),
+        retrain_interval=86400,
+        retrain_min_corrections=25,
+        reconcile_interval=30,
+    )
+    app = taskqueue.create_celery(settings)
+    schedule = app.conf.beat_schedule
+    # Then beat sends a scheduled run daily and checks the corrections every reconcile
+    # interval, both on the training queue only the training worker consumes
+    assert schedule["retrain"]["task"] == taskqueue.RETRAIN
+    assert schedule["retrain"]["schedule"] == 86400
+    assert schedule["retrain"]["args"] == ["schedule", None]
+    assert schedule["check retrain"]["task"] == taskqueue.CHECK_RETRAIN
+    assert schedule["check retrain"]["schedule"] == 30
+    routes = app.conf.task_routes
+    for name in (taskqueue.RETRAIN, taskqueue.CHECK_RETRAIN):
+        assert routes[name]["queue"] == taskqueue.TRAINING_QUEUE
+    # And with a trigger off, or no base data, beat sends nothing of the kind
+    for off in (
+        {"retrain_data": ("tree:/data/base",), "retrain_interval": 0},
+        {"retrain_data": (), "retrain_interval": 86400, "retrain_min_corrections": 25},
+    ):
+        quiet = taskqueue.create_celery(redis_settings(tmp_path, **off)).conf.beat_schedule
+        assert {e["task"] for e in quiet.values()}.isdisjoint(
+            {taskqueue.RETRAIN, taskqueue.CHECK_RETRAIN}
+        )
+
+
 def test_the_embedded_queue_lives_under_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     app = taskqueue.create_celery(settings)
