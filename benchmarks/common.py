@@ -1,13 +1,26 @@
-"""Shared by the benchmark scripts: where the shared images are, and how to pick them."""
+"""Shared by the benchmark scripts: where the shared images are and how to pick them,
+the service options, and a scratch PostgreSQL database."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import io
 import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: A PostgreSQL maintenance database, to create the benchmarks' own databases in.
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def load_shared(n: int) -> list[bytes]:
@@ -27,3 +40,56 @@ def load_average() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def generated_jpegs(n: int, side: int = 256) -> list[bytes]:
+    """``n`` smooth random JPEGs of ``side`` pixels, for a clone without ../shared."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        coarse = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((side, side), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def benchmark_images(n: int) -> tuple[list[bytes], str]:
+    """``n`` images from ../shared/data, or generated ones without it; and which."""
+    images = load_shared(n)
+    if images:
+        return images, "../shared/data"
+    return generated_jpegs(n), "generated 256px JPEGs"
+
+
+def add_service_options(parser: argparse.ArgumentParser, *, redis: bool = True) -> None:
+    """``--redis-url`` (when ``redis``) and ``--postgres-url``."""
+    if redis:
+        parser.add_argument(
+            "--redis-url",
+            default="redis://127.0.0.1:6379/14",
+            help="broker; this database is FLUSHED (default redis://127.0.0.1:6379/14)",
+        )
+    parser.add_argument(
+        "--postgres-url",
+        default=POSTGRES_ADMIN_URL,
+        help="a PostgreSQL maintenance database, to create the benchmark's database",
+    )
+
+
+@contextmanager
+def scratch_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
+    """A new empty PostgreSQL database next to ``admin_url``'s; its URL. Dropped after."""
+    name = f"deepscreen_bench_{secrets.token_hex(4)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,12 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import load_average, load_shared
+from common import add_service_options, benchmark_images, load_average, scratch_database
 from pipeline import (
-    create_database,
-    drop_database,
     flush_redis,
-    generated_jpegs,
     start_worker,
     stop_worker,
     wait_ready,
@@ -56,7 +52,7 @@ from deepscreen.config import Settings
 from deepscreen.db import migrate
 from deepscreen.db.models import Image, ImageSource, ImageStatus
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
-from deepscreen.seaweedfs import LocalSeaweedFS, webhook_notification
+from deepscreen.seaweedfs import LocalSeaweedFS, free_port, webhook_notification
 from deepscreen.storage import S3Store, make_s3_client
 
 BUCKET = "events-bench"
@@ -66,10 +62,7 @@ WARMUP = 4
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    images = load_shared(args.n)
-    source = "../shared/data"
-    if not images:
-        images, source = generated_jpegs(args.n), "generated 256px JPEGs"
+    images, source = benchmark_images(args.n)
     rate = f"{args.rate:g}/s" if args.rate > 0 else "as fast as possible (4 threads)"
     print(
         f"images: {len(images)} from {source}  puts: {rate}  workers: {args.workers}  "
@@ -84,22 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="deepscreen-bench-") as tmp:
         root = Path(tmp)
-        with LocalSeaweedFS.start(root / "seaweedfs", notification=notification) as s3:
-            database_url = create_database(args.postgres_url)
-            try:
-                settings = Settings(
-                    data_dir=root / "data",
-                    database_url=database_url,
-                    broker_url=args.redis_url,
-                    inference_threads=1,
-                    worker_concurrency=args.workers,
-                    events_secret=secret,
-                    events_prefixes=(f"{BUCKET}/{PREFIX}",),
-                    **s3.settings_values(),
-                )
-                result = run(settings, images, root, args.workers, port, args.rate)
-            finally:
-                drop_database(args.postgres_url, database_url)
+        with (
+            LocalSeaweedFS.start(root / "seaweedfs", notification=notification) as s3,
+            scratch_database(args.postgres_url) as database_url,
+        ):
+            settings = Settings(
+                data_dir=root / "data",
+                database_url=database_url,
+                broker_url=args.redis_url,
+                inference_threads=1,
+                worker_concurrency=args.workers,
+                events_secret=secret,
+                events_prefixes=(f"{BUCKET}/{PREFIX}",),
+                **s3.settings_values(),
+            )
+            result = run(settings, images, root, args.workers, port, args.rate)
     report(result, len(images))
     print(f"load average after: {load_average()}")
     return 0
@@ -112,23 +104,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rate", type=float, default=5.0, help="puts per second; 0 = as fast as possible"
     )
-    parser.add_argument(
-        "--redis-url",
-        default="redis://127.0.0.1:6379/14",
-        help="broker; this database is FLUSHED (default redis://127.0.0.1:6379/14)",
-    )
-    parser.add_argument(
-        "--postgres-url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        help="a PostgreSQL maintenance database, to create the benchmark's database",
-    )
+    add_service_options(parser)
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------ the run

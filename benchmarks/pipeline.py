@@ -23,9 +23,7 @@ A script, not a test: numbers depend on what else the machine is doing.
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -39,10 +37,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from common import REPO_ROOT, load_average, load_shared
-from PIL import Image as PILImage
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from common import REPO_ROOT, add_service_options, benchmark_images, load_average, scratch_database
+from sqlalchemy import select
 
 from deepscreen.commands.ingest import ingest
 from deepscreen.config import Settings
@@ -62,31 +58,27 @@ PREFIX = "incoming/"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    images = load_shared(args.n)
-    source = "../shared/data"
-    if not images:
-        images, source = generated_jpegs(args.n), "generated 256px JPEGs"
+    images, source = benchmark_images(args.n)
     print(
         f"images: {len(images)} from {source}  workers: {args.workers}  "
         f"batch: {args.batch_size}  cpus: {os.cpu_count()}  load average: {load_average()}"
     )
     with tempfile.TemporaryDirectory(prefix="deepscreen-bench-") as tmp:
         root = Path(tmp)
-        with LocalSeaweedFS.start(root / "seaweedfs") as s3:
-            database_url = create_database(args.postgres_url)
-            try:
-                settings = Settings(
-                    data_dir=root / "data",
-                    database_url=database_url,
-                    broker_url=args.redis_url,
-                    inference_threads=1,
-                    worker_concurrency=args.workers,
-                    classify_batch_size=args.batch_size,
-                    **s3.settings_values(),
-                )
-                e2e = run_pipeline(settings, images, root, args.workers)
-            finally:
-                drop_database(args.postgres_url, database_url)
+        with (
+            LocalSeaweedFS.start(root / "seaweedfs") as s3,
+            scratch_database(args.postgres_url) as database_url,
+        ):
+            settings = Settings(
+                data_dir=root / "data",
+                database_url=database_url,
+                broker_url=args.redis_url,
+                inference_threads=1,
+                worker_concurrency=args.workers,
+                classify_batch_size=args.batch_size,
+                **s3.settings_values(),
+            )
+            e2e = run_pipeline(settings, images, root, args.workers)
     inference = inference_only(images, args.workers, args.batch_size)
     report(e2e, inference, len(images))
     return 0
@@ -99,49 +91,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, default=Settings().classify_batch_size, help="images per task"
     )
-    parser.add_argument(
-        "--redis-url",
-        default="redis://127.0.0.1:6379/14",
-        help="broker; this database is FLUSHED (default redis://127.0.0.1:6379/14)",
-    )
-    parser.add_argument(
-        "--postgres-url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        help="a PostgreSQL maintenance database, to create the benchmark's database",
-    )
+    add_service_options(parser)
     return parser.parse_args(argv)
 
 
-def generated_jpegs(n: int, side: int = 256) -> list[bytes]:
-    """``n`` smooth random JPEGs of ``side`` pixels, for a clone without ../shared."""
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        coarse = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        img = PILImage.fromarray(coarse).resize((side, side), PILImage.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
 # ------------------------------------------------------------------- services
-
-
-def create_database(admin_url: str) -> str:
-    name = f"deepscreen_bench_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def flush_redis(url: str) -> None:

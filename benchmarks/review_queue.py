@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from pipeline import create_database, drop_database
+from common import add_service_options, scratch_database
 from sqlalchemy import insert, text
 
 from dashboard import create_app
@@ -47,23 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=20, help="requests per measurement")
-    parser.add_argument(
-        "--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
+    add_service_options(parser, redis=False)
     args = parser.parse_args(argv)
-    url = create_database(args.postgres_url)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(
-                data_dir=Path(tmp), database_url=url, secret_key="bench" * 8, cookie_secure=False
-            )
-            migrate.upgrade(settings)
-            started = time.perf_counter()
-            fill(settings, args.images)
-            print(f"filled {args.images} images in {time.perf_counter() - started:.1f} s")
-            measure(settings, args.repeat)
-    finally:
-        drop_database(args.postgres_url, url)
+    with scratch_database(args.postgres_url) as url, tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            data_dir=Path(tmp), database_url=url, secret_key="bench" * 8, cookie_secure=False
+        )
+        migrate.upgrade(settings)
+        started = time.perf_counter()
+        fill(settings, args.images)
+        print(f"filled {args.images} images in {time.perf_counter() - started:.1f} s")
+        measure(settings, args.repeat)
     return 0
 
 

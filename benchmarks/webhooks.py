@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import secrets
 import statistics
 import sys
 import tempfile
@@ -31,9 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-from common import REPO_ROOT, load_average
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from common import REPO_ROOT, load_average, scratch_database
 
 from deepscreen.config import Settings
 from deepscreen.db import migrate
@@ -42,8 +39,6 @@ from deepscreen.db.session import make_engine, make_session_factory, session_sco
 from deepscreen.db.webhooks import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from deepscreen.webhooks import VERDICT_CREATED, emit, new_secret
 from worker.webhooks import deliver
-
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def example_receiver() -> ModuleType:
@@ -60,16 +55,8 @@ def database(postgres: bool, folder: Path) -> Iterator[str]:
     if not postgres:
         yield f"sqlite:///{folder / 'bench.sqlite3'}"
         return
-    name = f"deepscreen_bench_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database() as url:
+        yield url
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -45,3 +45,14 @@ def enum_of(cls: type[enum.Enum]) -> Schema:
 
 def values(cls: type[enum.Enum]) -> list[str]:
     return [str(member.value) for member in cls]
+
+
+def query_param(name: str, schema: Schema, description: str) -> dict[str, Any]:
+    """An optional query parameter."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }

@@ -12,11 +12,13 @@ from typing import Any
 
 from dashboard import openapi_writes
 from dashboard.oas import (
+    Schema,
     enum_of,
     error_response,
     json_body,
     nullable,
     obj,
+    query_param,
     ref,
     timestamp,
     values,
@@ -24,8 +26,6 @@ from dashboard.oas import (
 from deepscreen import __version__
 from deepscreen.db.models import ImageSource, ImageStatus
 from deepscreen.db.moderation import Action, ReviewReason, ReviewState
-
-Schema = dict[str, Any]
 
 
 def document(server_url: str = "/api/v1") -> dict[str, Any]:
@@ -85,15 +85,6 @@ def document(server_url: str = "/api/v1") -> dict[str, Any]:
 
 
 def _list_images() -> dict[str, Any]:
-    def query(name: str, schema: Schema, description: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "schema": schema,
-            "description": description,
-        }
-
     probability = {"type": "number", "minimum": 0, "maximum": 1}
     return {
         "operationId": "listImages",
@@ -103,27 +94,29 @@ def _list_images() -> dict[str, Any]:
             "on the verdict is given. Page with `after` = `next_after` of the last page."
         ),
         "parameters": [
-            query("label", {"type": "string", "maxLength": 64}, "final label (human, else model)"),
-            query("score_min", probability, "score at least"),
-            query("score_max", probability, "score at most"),
-            query("model_version", {"type": "integer", "minimum": 1}, "model version id"),
-            query("source", enum_of(ImageSource), "how the image was registered"),
-            query("since", {"type": "string", "format": "date"}, "registered on or after"),
-            query("until", {"type": "string", "format": "date"}, "registered on or before"),
-            query(
+            query_param(
+                "label", {"type": "string", "maxLength": 64}, "final label (human, else model)"
+            ),
+            query_param("score_min", probability, "score at least"),
+            query_param("score_max", probability, "score at most"),
+            query_param("model_version", {"type": "integer", "minimum": 1}, "model version id"),
+            query_param("source", enum_of(ImageSource), "how the image was registered"),
+            query_param("since", {"type": "string", "format": "date"}, "registered on or after"),
+            query_param("until", {"type": "string", "format": "date"}, "registered on or before"),
+            query_param(
                 "state",
                 {"type": "string", "enum": [*values(ReviewState), "queue", "all"]},
                 "review state; `queue` is open or escalated",
             ),
-            query("reason", enum_of(ReviewReason), "why a human is asked"),
-            query("flagged", {"type": "boolean"}, "flagged as misclassified"),
-            query("status", enum_of(ImageStatus), "pipeline status of the image"),
-            query(
+            query_param("reason", enum_of(ReviewReason), "why a human is asked"),
+            query_param("flagged", {"type": "boolean"}, "flagged as misclassified"),
+            query_param("status", enum_of(ImageStatus), "pipeline status of the image"),
+            query_param(
                 "limit",
                 {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
                 "page size",
             ),
-            query("after", {"type": "integer", "minimum": 0}, "only ids greater than this"),
+            query_param("after", {"type": "integer", "minimum": 0}, "only ids greater than this"),
         ],
         "responses": {
             "200": json_body("ImageList"),

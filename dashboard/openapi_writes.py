@@ -6,7 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard.oas import Schema, enum_of, error_response, json_body, nullable, obj, ref, timestamp
+from dashboard.oas import (
+    Schema,
+    enum_of,
+    error_response,
+    json_body,
+    nullable,
+    obj,
+    query_param,
+    ref,
+    timestamp,
+)
 from deepscreen.db.webhooks import DeliveryStatus, EndpointKind
 from deepscreen.webhooks import EVENT_TYPES
 
@@ -67,9 +77,13 @@ def paths() -> dict[str, Any]:
                 "operationId": "listWebhooks",
                 "summary": "Webhook endpoints of one kind in id order",
                 "parameters": [
-                    _query("kind", enum_of(EndpointKind), "subscription (default) or callback"),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page"),
-                    _query("after", {"type": "integer", "minimum": 0}, "ids greater than this"),
+                    query_param(
+                        "kind", enum_of(EndpointKind), "subscription (default) or callback"
+                    ),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page"),
+                    query_param(
+                        "after", {"type": "integer", "minimum": 0}, "ids greater than this"
+                    ),
                 ],
                 "responses": {
                     "200": json_body("WebhookList"),
@@ -131,8 +145,8 @@ def paths() -> dict[str, Any]:
                 "operationId": "listWebhookDeliveries",
                 "summary": "The delivery log, newest first",
                 "parameters": [
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page"),
-                    _query("before", {"type": "integer", "minimum": 1}, "ids less than this"),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page"),
+                    query_param("before", {"type": "integer", "minimum": 1}, "ids less than this"),
                 ],
                 "responses": {
                     "200": json_body("DeliveryList"),
@@ -272,16 +286,6 @@ def schemas() -> dict[str, Schema]:
                 },
             }
         ),
-    }
-
-
-def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
     }
 
 

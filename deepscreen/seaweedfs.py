@@ -64,7 +64,8 @@ def webhook_notification(
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -74,7 +75,7 @@ def _port_with_grpc() -> int:
     """A free port p whose p + 10000 is free too: SeaweedFS derives some gRPC
     addresses as http port + 10000 even when told otherwise."""
     for _ in range(200):
-        port = _free_port()
+        port = free_port()
         if port + 10000 > 65535:
             continue
         with socket.socket() as sock:

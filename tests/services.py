@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from typing import NoReturn
 
 import pytest
+
+from deepscreen.seaweedfs import free_port
+
+__all__ = ["free_port", "in_ci", "unavailable"]
 
 
 def in_ci() -> bool:
@@ -18,9 +21,3 @@ def unavailable(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: required services must be up)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

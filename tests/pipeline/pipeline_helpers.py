@@ -103,6 +103,24 @@ def wait_for(
         time.sleep(interval)
 
 
+def ingest_bucket(bucket: str, env: dict[str, str], cwd: Path) -> str:
+    """``deepscreen ingest s3://BUCKET/incoming/``, which must succeed; its output."""
+    ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=cwd)
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    return ingest.stdout
+
+
+def wait_decided(
+    engine: Engine, bucket: str, worker: Process, *, timeout: float, what: str, left: int = 0
+) -> None:
+    """Wait until at most ``left`` images of ``bucket`` are pending, or ``worker`` exits."""
+    wait_for(
+        lambda: pending(engine, bucket) <= left or worker.proc.poll() is not None,
+        timeout=timeout,
+        what=what,
+    )
+
+
 def verdict_counts(engine: Engine, bucket: str) -> dict[ImageStatus, int]:
     """Images of ``bucket`` by status."""
     with session_scope(make_session_factory(engine)) as session:

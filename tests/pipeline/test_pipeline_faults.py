@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline_helpers import Process, bucket_results, deepscreen, pending, wait_for
+from pipeline_helpers import Process, bucket_results, ingest_bucket, pending, wait_decided, wait_for
 from sample_images import CORRUPT_FILES
 from sqlalchemy import Engine
 
@@ -52,13 +52,15 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(
     # Given 500 images and 3 corrupt files ingested, and a worker of 2 processes at work
     bucket = fill_bucket(500)
     env = {**stack_env, **FAST_RECOVERY}
-    ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=tmp_path)
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    ingest_bucket(bucket, env, tmp_path)
     first = start_process(["worker", "--concurrency", "2"], env)
-    wait_for(
-        lambda: pending(stack_engine, bucket) <= 453 or first.proc.poll() is not None,
+    wait_decided(
+        stack_engine,
+        bucket,
+        first,
         timeout=DEADLINE,
         what="the first worker to decide 50 images",
+        left=453,
     )
     # When the worker and its pool processes are killed with SIGKILL mid-run
     first.kill_group()
@@ -88,14 +90,16 @@ def test_a_redis_restart_mid_run_loses_nothing(
     # and a worker and beat (the reconciler) at work
     bucket = fill_bucket(300)
     env = {**stack_env, **FAST_RECOVERY, "DEEPSCREEN_BROKER_URL": redis_server.url}
-    ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=tmp_path)
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    ingest_bucket(bucket, env, tmp_path)
     worker = start_process(["worker", "--concurrency", "1"], env)
     beat = start_process(["beat"], env)
-    wait_for(
-        lambda: pending(stack_engine, bucket) <= 273 or worker.proc.poll() is not None,
+    wait_decided(
+        stack_engine,
+        bucket,
+        worker,
         timeout=DEADLINE,
         what="the worker to decide 30 images",
+        left=273,
     )
     # When Redis stops for 5 seconds and comes back empty (it keeps nothing on disk)
     redis_server.stop()

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from model_variants import model_variant
-from pipeline_helpers import Process, deepscreen, pending, wait_for
+from pipeline_helpers import Process, ingest_bucket, wait_decided
 from sqlalchemy import Engine, select
 
 from deepscreen import registry
@@ -75,10 +75,11 @@ def test_a_running_worker_follows_a_promotion_and_a_rollback(
 
     def classify_bucket() -> str:
         bucket = fill_bucket(8)
-        ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=tmp_path)
-        assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-        wait_for(
-            lambda: pending(stack_engine, bucket) == 0 or worker.proc.poll() is not None,
+        ingest_bucket(bucket, env, tmp_path)
+        wait_decided(
+            stack_engine,
+            bucket,
+            worker,
             timeout=DEADLINE,
             what=f"every image of {bucket} to be done or failed",
         )

@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline_helpers import Process, clean_env, deepscreen, pending, wait_for
+from pipeline_helpers import Process, clean_env, deepscreen, ingest_bucket, wait_decided, wait_for
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sample_images import generated_images
@@ -78,13 +78,10 @@ def test_a_worker_serves_task_image_and_queue_metrics(
     folder = metrics_dir(stack_settings, pid=worker.proc.pid)
     assert folder.is_dir()
     # When the bucket is ingested and classified
-    ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=tmp_path)
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-    assert "8 new, 0 already known, 1 skipped by suffix; 2 classify tasks queued" in ingest.stdout
-    wait_for(
-        lambda: pending(stack_engine, bucket) == 0 or worker.proc.poll() is not None,
-        timeout=DEADLINE,
-        what="every image to be done or failed",
+    ingested = ingest_bucket(bucket, env, tmp_path)
+    assert "8 new, 0 already known, 1 skipped by suffix; 2 classify tasks queued" in ingested
+    wait_decided(
+        stack_engine, bucket, worker, timeout=DEADLINE, what="every image to be done or failed"
     )
     classify = (("outcome", "success"), ("task", taskqueue.CLASSIFY_BATCH))
     tasks = ("deepscreen_worker_tasks_total", classify)

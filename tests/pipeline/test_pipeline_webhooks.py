@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loopback_receiver import LoopbackReceiver, load_example
-from pipeline_helpers import Process, clean_env, deepscreen, pending, wait_for
+from pipeline_helpers import Process, clean_env, deepscreen, ingest_bucket, pending, wait_for
 from sample_images import CORRUPT_FILES
 from services import free_port
 from sqlalchemy import Engine, select
@@ -119,8 +119,7 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_and_a_dead_one_is_dis
 
     # When a bucket of images is ingested and classified (verdict.created each) ...
     bucket = fill_bucket(IMAGES)
-    ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=tmp_path)
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    ingest_bucket(bucket, env, tmp_path)
     # ... and a moderator's decision emits review.completed and verdict.changed the way
     # the dashboard does: emitted in its transaction, enqueued by name after the commit
     with session_scope(factory) as session:

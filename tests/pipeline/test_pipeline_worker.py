@@ -12,8 +12,9 @@ from pipeline_helpers import (
     Process,
     bucket_results,
     deepscreen,
-    pending,
+    ingest_bucket,
     verdict_counts,
+    wait_decided,
     wait_for,
 )
 from sample_images import CORRUPT_FILES
@@ -44,14 +45,11 @@ def test_a_worker_gives_every_image_in_a_bucket_a_verdict_exactly_once(
     bucket = fill_bucket(50)
     worker = start_process(["worker", "--concurrency", "1", "--loglevel", "INFO"], stack_env)
     # When the bucket's prefix is ingested
-    ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=stack_env, cwd=tmp_path)
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-    assert "53 new, 0 already known, 1 skipped by suffix; 4 classify tasks queued" in ingest.stdout
+    ingested = ingest_bucket(bucket, stack_env, tmp_path)
+    assert "53 new, 0 already known, 1 skipped by suffix; 4 classify tasks queued" in ingested
     # Then every image gets a verdict
-    wait_for(
-        lambda: pending(stack_engine, bucket) == 0 or worker.proc.poll() is not None,
-        timeout=DEADLINE,
-        what="every image to be done or failed",
+    wait_decided(
+        stack_engine, bucket, worker, timeout=DEADLINE, what="every image to be done or failed"
     )
     assert worker.proc.poll() is None, worker.output()
     images, per_image = bucket_results(stack_engine, bucket)

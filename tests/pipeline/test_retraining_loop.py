@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 from dashboard_helpers import PASSWORD, login, token_of
 from flask.testing import FlaskClient
-from pipeline_helpers import Process, deepscreen, pending, wait_for
+from pipeline_helpers import Process, ingest_bucket, wait_decided, wait_for
 from sample_images import synthetic_face, write_images
 from sqlalchemy import Engine, select
+from tiny_model import RETRAIN_RECIPE
 
 from dashboard import create_app
 from dashboard.auth import new_user
@@ -40,24 +41,13 @@ from deepscreen.storage import S3Store, make_s3_client
 
 pytestmark = pytest.mark.slow
 
-#: A tiny backbone on 32 px images, trained from scratch in one compiled phase.
+#: The tests' tiny model, trained from scratch in one compiled phase.
 RECIPE = (
-    "image_size=32",
-    "alpha=0.35",
-    "batch_size=16",
-    "dropout=0.1",
+    *RETRAIN_RECIPE,
     "head_epochs=0",
     "fine_tune_epochs=12",
-    "fine_tune_from=0",
     "fine_tune_learning_rate=0.003",
     "early_stopping_patience=12",
-    "label_smoothing=0",
-    "val_fraction=0.25",
-    "crop_min_scale=1.0",
-    "jpeg_probability=0",
-    "color_jitter=0",
-    "min_val_auc=0.9",
-    "export_dtype=float32",
 )
 #: Seconds for a worker to start and classify a bucket.
 CLASSIFY_DEADLINE = 300
@@ -152,10 +142,11 @@ def test_flags_retrain_promote_serve_and_roll_back(
         for i in range(PER_CLASS):
             store.put(f"incoming/real-{i}.png", _png(False, images))
             store.put(f"incoming/fake-{i}.png", _png(True, images))
-        ingest = deepscreen("ingest", f"s3://{bucket}/incoming/", env=env, cwd=tmp_path)
-        assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-        wait_for(
-            lambda: pending(stack_engine, bucket) == 0 or worker.proc.poll() is not None,
+        ingest_bucket(bucket, env, tmp_path)
+        wait_decided(
+            stack_engine,
+            bucket,
+            worker,
             timeout=CLASSIFY_DEADLINE,
             what=f"every image of {bucket} to get a verdict",
         )

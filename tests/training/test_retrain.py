@@ -23,6 +23,7 @@ import pytest
 from review_seed import Item, SeededReviews, seed_reviews
 from sample_images import synthetic_face
 from sqlalchemy import select
+from tiny_model import RETRAIN_RECIPE
 
 from deepscreen import taskqueue
 from deepscreen.cli import main
@@ -38,12 +39,7 @@ from deepscreen.retraining import PENDING, request_run
 from training.data import Sample, load_pixels, read_manifest
 from training.hparams import HParams
 
-from .test_train_export import TINY
-
 ROOT = Path(__file__).resolve().parents[2]
-
-#: TINY, with the backbone initialisation left to DEEPSCREEN_RETRAIN_WEIGHTS.
-RECIPE = tuple(p for p in TINY if not p.startswith("weights="))
 
 
 def _png(fake: bool, seed: int) -> bytes:
@@ -69,7 +65,7 @@ def make_settings(folder: Path, tree: Path, *recipe: str, **overrides: Any) -> S
         "data_dir": folder / "data",
         "retrain_data": (f"tree:{tree}",),
         "retrain_weights": "none",
-        "retrain_hparams": RECIPE + recipe,
+        "retrain_hparams": RETRAIN_RECIPE + recipe,
         "inference_threads": 1,
     }
     values.update(overrides)

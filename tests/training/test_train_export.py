@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_model import TINY
 
 from deepscreen.cli import main
 from deepscreen.inference import Classifier
@@ -20,27 +21,6 @@ from training.data import load_pixels, read_tree, split_samples
 from training.hparams import load_hparams
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "image_size=32",
-    "alpha=0.35",
-    "weights=none",
-    "batch_size=16",
-    "dropout=0.1",
-    "head_epochs=1",
-    "fine_tune_epochs=16",
-    "fine_tune_from=0",
-    "fine_tune_learning_rate=0.002",
-    "early_stopping_patience=16",
-    "label_smoothing=0",
-    "val_fraction=0.25",
-    "crop_min_scale=1.0",
-    "jpeg_probability=0",
-    "color_jitter=0",
-    "min_val_auc=0.9",
-    # float32 keeps these tests' figures exact; the float16 path is tested on its own below.
-    "export_dtype=float32",
-]
 
 
 def _args(pairs: list[str]) -> list[str]:

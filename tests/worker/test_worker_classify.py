@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sample_images import CORRUPT_FILES
 from sqlalchemy import func, select, update
+from worker_helpers import register
 
-from deepscreen.commands.ingest import ingest
 from deepscreen.config import Settings
 from deepscreen.db import queries
 from deepscreen.db.base import utcnow
@@ -20,28 +20,11 @@ from deepscreen.db.models import Image, ImageSource, ImageStatus, ModelVersion, 
 from deepscreen.db.session import session_scope
 from deepscreen.errors import TransientError
 from deepscreen.inference import Classifier
-from deepscreen.storage import LocalStore, ObjectInfo
+from deepscreen.storage import ObjectInfo
 from worker.classify import classify_batch, max_attempts
 from worker.runtime import Runtime
 
 MakeImages = Callable[..., list[str]]
-
-
-def register(runtime: Runtime, folder: Path) -> list[int]:
-    """Ingest ``folder``, collecting instead of sending; the new image ids."""
-    new_ids: list[int] = []
-
-    def collect(ids: Sequence[int]) -> int:
-        new_ids.extend(ids)
-        return 0
-
-    ingest(
-        LocalStore(folder),
-        settings=runtime.settings,
-        session_factory=runtime.session_factory,
-        enqueue=collect,
-    )
-    return sorted(new_ids)
 
 
 def images(runtime: Runtime, ids: list[int]) -> dict[str, Image]:

@@ -6,12 +6,13 @@ PostgreSQL."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from model_variants import model_variant
 from sqlalchemy import select, update
+from worker_helpers import register
 
 from deepscreen import registry
 from deepscreen.config import Settings
@@ -20,7 +21,6 @@ from deepscreen.db.models import ImageStatus, ModelVersion, Prediction
 from deepscreen.db.moderation import Verdict
 from deepscreen.db.session import session_scope
 from deepscreen.inference import Classifier
-from deepscreen.storage import LocalStore
 from worker.classify import classify_batch
 from worker.runtime import Runtime
 
@@ -66,22 +66,8 @@ def shadow(runtime: Runtime, version_id: int) -> None:
 
 def new_batch(runtime: Runtime, folder: Path, make_images: MakeImages, count: int = 3) -> list[int]:
     """``count`` new images in a bucket of their own, registered; their ids."""
-    from deepscreen.commands.ingest import ingest
-
     make_images(folder, count, corrupt=False)
-    new_ids: list[int] = []
-
-    def collect(ids: Sequence[int]) -> int:
-        new_ids.extend(ids)
-        return 0
-
-    ingest(
-        LocalStore(folder),
-        settings=runtime.settings,
-        session_factory=runtime.session_factory,
-        enqueue=collect,
-    )
-    return sorted(new_ids)
+    return register(runtime, folder)
 
 
 def versions_of(runtime: Runtime, ids: list[int]) -> tuple[list[int], list[int]]:
