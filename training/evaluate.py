@@ -19,7 +19,7 @@ from training.data import LABELS, Sample
 
 
 def threshold_at_fpr(
-    scores: np.ndarray, labels: np.ndarray, target_fpr: float, margin: float = 1e-4
+    scores: np.ndarray, labels: np.ndarray, target_fpr: float, margin: float = 1e-3
 ) -> float:
     """A threshold whose false-positive rate on real images is <= target_fpr.
 
@@ -27,7 +27,8 @@ def threshold_at_fpr(
     gap above the highest real score that must stay below it that is at least
     ``2 * margin`` wide, so no validation score lies within ``margin`` of it and
     small numeric differences (Keras vs TFLite, float16) do not flip labels at the
-    boundary. Saturated scores (a cluster within float32 steps of 1.0) are skipped
+    boundary (measured: up to 0.00006 on the shipped model, 0.0004 on the tests'
+    tiny float16 model). Saturated scores (a cluster within float32 steps of 1.0) are skipped
     over: the threshold then rises above them, which only lowers the false-positive
     rate, and may exceed 1.0 (nothing is called fake).
     """

@@ -56,7 +56,7 @@ def test_threshold_at_fpr_keeps_clear_of_saturated_scores() -> None:
     t = threshold_at_fpr(scores, labels, 0.05)
     # Then it sits above the saturated cluster, at least the margin from every score,
     # and the false-positive rate is within the target
-    assert t > 1.0 and np.min(np.abs(scores.astype(float) - t)) >= 1e-4 - 1e-12
+    assert t > 1.0 and np.min(np.abs(scores.astype(float) - t)) >= 1e-3 - 1e-12
     assert np.mean(scores[labels == 0] >= t) <= 0.05
     # And a gap narrower than twice the margin is skipped for the next wide one
     narrow = np.array([0.1, 0.50000, 0.50005, 0.50008, 0.7, 0.8])

@@ -142,8 +142,6 @@ def test_float16_export_halves_the_file(
             "--dtype",
             "float16",
             *_args(TINY),
-            "--set",
-            "threshold_policy=half",
         ]
     )
     # Then, with BatchNorm folded and the weights rounded in Keras first, the file is
