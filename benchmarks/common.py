@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: where the shared images are and how to pick them,
-the service options, and a scratch PostgreSQL database."""
+the service options, a scratch PostgreSQL database and the production stack on it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,9 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from deepscreen.config import Settings
+from deepscreen.seaweedfs import LocalSeaweedFS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -93,3 +97,29 @@ def scratch_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@contextmanager
+def production_stack(
+    args: argparse.Namespace, notification: str | None = None, **settings: object
+) -> Iterator[tuple[Settings, Path]]:
+    """A temporary folder, SeaweedFS in it and a scratch database, with the settings a
+    benchmark's ``args.workers`` single-threaded workers use on them (plus ``settings``)."""
+    with tempfile.TemporaryDirectory(prefix="deepscreen-bench-") as tmp:
+        root = Path(tmp)
+        with (
+            LocalSeaweedFS.start(root / "seaweedfs", notification=notification) as s3,
+            scratch_database(args.postgres_url) as database_url,
+        ):
+            yield (
+                Settings(
+                    data_dir=root / "data",
+                    database_url=database_url,
+                    broker_url=args.redis_url,
+                    inference_threads=1,
+                    worker_concurrency=args.workers,
+                    **settings,  # type: ignore[arg-type]
+                    **s3.settings_values(),
+                ),
+                root,
+            )

@@ -79,12 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cand_scores = (base_scores + scores(base, loaded.pixels[:, :, ::-1])) / 2
     else:
         cand = Classifier(args.candidate, num_threads=2)
-        if cand.preprocessing != base.preprocessing:
-            loaded_cand = load_pixels(valid, cand.preprocessing).pixels
-        else:
-            loaded_cand = loaded.pixels
+        pixels = loaded.pixels
+        if cand.preprocessing != base.preprocessing:  # same images, the candidate's own resize
+            pixels = load_pixels(loaded.samples, cand.preprocessing).pixels
         cand_name = cand.version[:12]
-        cand_scores = scores(cand, loaded_cand)
+        cand_scores = scores(cand, pixels)
 
     print(f"baseline {base.version[:12]}  candidate {cand_name}  ({len(labels)} images)")
     print(

@@ -28,7 +28,6 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import add_service_options, benchmark_images, load_average, scratch_database
+from common import add_service_options, benchmark_images, load_average, production_stack
 from pipeline import (
     flush_redis,
     start_worker,
@@ -52,7 +51,7 @@ from deepscreen.config import Settings
 from deepscreen.db import migrate
 from deepscreen.db.models import Image, ImageSource, ImageStatus
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
-from deepscreen.seaweedfs import LocalSeaweedFS, free_port, webhook_notification
+from deepscreen.seaweedfs import free_port, webhook_notification
 from deepscreen.storage import S3Store, make_s3_client
 
 BUCKET = "events-bench"
@@ -75,23 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bearer_token=secret,
         path_prefixes=[f"/buckets/{BUCKET}/{PREFIX}"],
     )
-    with tempfile.TemporaryDirectory(prefix="deepscreen-bench-") as tmp:
-        root = Path(tmp)
-        with (
-            LocalSeaweedFS.start(root / "seaweedfs", notification=notification) as s3,
-            scratch_database(args.postgres_url) as database_url,
-        ):
-            settings = Settings(
-                data_dir=root / "data",
-                database_url=database_url,
-                broker_url=args.redis_url,
-                inference_threads=1,
-                worker_concurrency=args.workers,
-                events_secret=secret,
-                events_prefixes=(f"{BUCKET}/{PREFIX}",),
-                **s3.settings_values(),
-            )
-            result = run(settings, images, root, args.workers, port, args.rate)
+    with production_stack(
+        args,
+        notification,
+        events_secret=secret,
+        events_prefixes=(f"{BUCKET}/{PREFIX}",),
+    ) as (settings, root):
+        result = run(settings, images, root, args.workers, port, args.rate)
     report(result, len(images))
     print(f"load average after: {load_average()}")
     return 0

@@ -27,7 +27,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from common import REPO_ROOT, add_service_options, benchmark_images, load_average, scratch_database
+from common import REPO_ROOT, add_service_options, benchmark_images, load_average, production_stack
 from sqlalchemy import select
 
 from deepscreen.commands.ingest import ingest
@@ -47,7 +46,6 @@ from deepscreen.db.models import Image, ImageStatus
 from deepscreen.db.queries import count_images_by_status
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
 from deepscreen.inference import Classifier
-from deepscreen.seaweedfs import LocalSeaweedFS
 from deepscreen.storage import S3Store, make_s3_client
 from deepscreen.taskqueue import create_celery, enqueue_classify
 
@@ -63,22 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"images: {len(images)} from {source}  workers: {args.workers}  "
         f"batch: {args.batch_size}  cpus: {os.cpu_count()}  load average: {load_average()}"
     )
-    with tempfile.TemporaryDirectory(prefix="deepscreen-bench-") as tmp:
-        root = Path(tmp)
-        with (
-            LocalSeaweedFS.start(root / "seaweedfs") as s3,
-            scratch_database(args.postgres_url) as database_url,
-        ):
-            settings = Settings(
-                data_dir=root / "data",
-                database_url=database_url,
-                broker_url=args.redis_url,
-                inference_threads=1,
-                worker_concurrency=args.workers,
-                classify_batch_size=args.batch_size,
-                **s3.settings_values(),
-            )
-            e2e = run_pipeline(settings, images, root, args.workers)
+    with production_stack(args, classify_batch_size=args.batch_size) as (settings, root):
+        e2e = run_pipeline(settings, images, root, args.workers)
     inference = inference_only(images, args.workers, args.batch_size)
     report(e2e, inference, len(images))
     return 0
