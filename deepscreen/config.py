@@ -287,6 +287,17 @@ class Settings:
             minimum=0,
         ),
     )
+    review_no_face: str = field(
+        default="review",
+        metadata=_var(
+            "REVIEW_NO_FACE",
+            "What the review queue does with a `no_face` verdict (the model's face stage "
+            "found no face, so it gave no score): `skip` never queues it, `audit` queues "
+            "the share `DEEPSCREEN_REVIEW_AUDIT_RATE` of them (reason `audit`), `review` "
+            "queues every one (reason `no_face`).",
+            choices=("skip", "audit", "review"),
+        ),
+    )
     review_claim_seconds: int = field(
         default=300,
         metadata=_var(

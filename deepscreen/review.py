@@ -1,9 +1,11 @@
 """Which verdicts need a human, and the verdict rows the worker writes with predictions.
 
 The policy is configuration (`Settings.review_band`, ``review_fakes``,
-``review_audit_rate``): an uncertain band around the model's threshold, every
-fake, and a random audit sample of confident reals. The audit sample is a hash of
-the image id, so a redelivered batch samples the same images.
+``review_audit_rate``, ``review_no_face``): an uncertain band around the model's
+threshold, every fake, and a random audit sample of confident reals. A ``no_face``
+verdict (no score: the model's face stage found no face) is never queued (``skip``),
+sampled like confident reals (``audit``), or always queued (``review``). The audit
+sample is a hash of the image id, so a redelivered batch samples the same images.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ from deepscreen.db.queries import dialect_insert
 class ReviewNeed:
     state: ReviewState
     reason: ReviewReason | None
-    #: Higher first: uncertain (2-3, nearest the threshold first) > fake (1-2) > audit.
+    #: Higher first: uncertain (2-3, nearest the threshold first) > fake (1-2)
+    #: > no face (`NO_FACE_PRIORITY`) > audit (`AUDIT_PRIORITY`).
     priority: float
+
+
+NO_FACE_PRIORITY = 0.75
+AUDIT_PRIORITY = 0.5
 
 
 def audit_draw(image_id: int) -> float:
@@ -36,8 +43,19 @@ def audit_draw(image_id: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def review_need(*, image_id: int, score: float, threshold: float, settings: Settings) -> ReviewNeed:
-    """Whether the policy sends this verdict to the queue, why, and how urgently."""
+def review_need(
+    *, image_id: int, score: float | None, threshold: float, settings: Settings
+) -> ReviewNeed:
+    """Whether the policy sends this verdict to the queue, why, and how urgently.
+
+    ``score`` None is a ``no_face`` verdict, queued as ``settings.review_no_face`` says.
+    """
+    if score is None:
+        if settings.review_no_face == "review":
+            return ReviewNeed(ReviewState.OPEN, ReviewReason.NO_FACE, NO_FACE_PRIORITY)
+        if settings.review_no_face == "audit" and audit_draw(image_id) < settings.review_audit_rate:
+            return ReviewNeed(ReviewState.OPEN, ReviewReason.AUDIT, AUDIT_PRIORITY)
+        return ReviewNeed(ReviewState.NONE, None, 0.0)
     distance = abs(score - threshold)
     if settings.review_band > 0 and distance <= settings.review_band:
         return ReviewNeed(
@@ -46,7 +64,7 @@ def review_need(*, image_id: int, score: float, threshold: float, settings: Sett
     if score >= threshold and settings.review_fakes:
         return ReviewNeed(ReviewState.OPEN, ReviewReason.FAKE, 1 + score)
     if score < threshold and audit_draw(image_id) < settings.review_audit_rate:
-        return ReviewNeed(ReviewState.OPEN, ReviewReason.AUDIT, 0.5)
+        return ReviewNeed(ReviewState.OPEN, ReviewReason.AUDIT, AUDIT_PRIORITY)
     return ReviewNeed(ReviewState.NONE, None, 0.0)
 
 

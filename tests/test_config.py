@@ -75,6 +75,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_REVIEW_BAND": "0.2",
         "DEEPSCREEN_REVIEW_FAKES": "no",
         "DEEPSCREEN_REVIEW_AUDIT_RATE": "0.5",
+        "DEEPSCREEN_REVIEW_NO_FACE": "skip",
         "DEEPSCREEN_REVIEW_CLAIM_SECONDS": "60",
         "DEEPSCREEN_SECRET_KEY": "k" * 32,
         "DEEPSCREEN_COOKIE_SECURE": "false",
@@ -160,6 +161,7 @@ def test_empty_values_mean_default() -> None:
         ("DEEPSCREEN_S3_READ_TIMEOUT", "soon", "not a valid float"),
         ("DEEPSCREEN_S3_READ_TIMEOUT", "nan", "finite"),
         ("DEEPSCREEN_S3_ADDRESSING", "dns", "must be one of: path, virtual, auto"),
+        ("DEEPSCREEN_REVIEW_NO_FACE", "ignore", "must be one of: skip, audit, review"),
         (
             "DEEPSCREEN_TASK_TIME_LIMIT",
             "100",

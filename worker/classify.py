@@ -18,14 +18,21 @@ Each new verdict emits a ``verdict.created`` webhook event in the transaction th
 writes it; its deliveries are enqueued after the commit (a redelivered batch writes
 no verdict, so it emits nothing).
 
+Each image is prepared by the model (`Classifier.prepare`: decoded and, for a model
+with a face stage, one crop per face found) and scored as soon as it is ready. An
+image in which the face stage finds no face gets a ``no_face`` prediction and
+verdict (no score, a reason): it is done, not failed. Every face found is stored on
+the prediction.
+
 A batch is served by ONE `Serving` taken before the claim (the runtime reloads the
 registry's active version first if it changed), so its predictions, verdicts and
 events all name the version that produced them. "Already decided" means decided by
 that active version: after a promotion, images the old version classified are not
 queued again; only images classified from then on get the new version. A version
-in shadow scores the same decoded pixels after the active one; its predictions are
-stored in the same transaction, but it writes no verdict and no event, and a
-failure of it is logged and never fails the batch.
+in shadow scores the same inputs after the active one when both cut them the same
+way (`Serving.shadow_shares_inputs`), else it prepares each image itself in the
+fetch thread; its predictions are stored in the same transaction, but it writes no
+verdict and no event, and a failure of it is logged and never fails the batch.
 """
 
 from __future__ import annotations
@@ -38,21 +45,21 @@ from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import numpy as np
 from PIL import Image as PILImage
+from sqlalchemy import null
 
 from deepscreen.config import Settings
 from deepscreen.db import queries
 from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ImageStatus
 from deepscreen.db.session import session_scope
-from deepscreen.errors import DeepscreenError, PermanentError, TransientError
-from deepscreen.imaging import DecodedImage
-from deepscreen.inference import Classifier
+from deepscreen.errors import DeepscreenError, ImageError, PermanentError, TransientError
+from deepscreen.inference import Classifier, PreparedImage
+from deepscreen.inference import Prediction as ModelPrediction
 from deepscreen.review import record_verdicts
 from worker.events import emit_verdicts_created
 from worker.runtime import Runtime
-from worker.serving import ServedModel, Serving
+from worker.serving import Serving
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +112,18 @@ class _Claimed:
 
 @dataclass
 class _Fetched:
-    """One image after fetching and decoding, or the error that stopped it."""
+    """One image after fetching and preparing, or the error that stopped it."""
 
     claimed: _Claimed
     sha256: str | None = None
     size: int | None = None
-    decoded: DecodedImage | None = None
+    #: The active model's inputs (and faces) for the image.
+    prepared: PreparedImage | None = None
+    #: The shadow model's own inputs, when it cannot share the active model's.
+    shadow_prepared: PreparedImage | None = None
     error: DeepscreenError | None = None
-    #: The active model's score and the milliseconds its inference took.
-    score: float | None = None
+    #: The active model's verdict and the milliseconds its inference took.
+    prediction: ModelPrediction | None = None
     inference_ms: float = 0.0
 
 
@@ -137,7 +147,7 @@ def classify_batch(
     serving = runtime.serving()
     claimed = _claim(image_ids, runtime, serving.active.version_id, outcome, task_id)
     if claimed:
-        fetched = _fetch_all(claimed, runtime, serving.active.classifier)
+        fetched = _fetch_all(claimed, runtime, serving, task_id)
         _infer_and_record(fetched, runtime, serving, final_attempt, outcome, task_id)
     if outcome.deliveries and enqueue_deliveries is not None:
         try:
@@ -204,31 +214,52 @@ def _claim(
     return claimed
 
 
-def _fetch_all(claimed: list[_Claimed], runtime: Runtime, classifier: Classifier) -> list[_Fetched]:
-    """Fetch and decode every claimed image in threads, and score each one with
-    ``classifier`` as soon as it is decoded: inference overlaps the store's latency
+def _fetch_all(
+    claimed: list[_Claimed], runtime: Runtime, serving: Serving, task_id: str
+) -> list[_Fetched]:
+    """Fetch and prepare every claimed image in threads, and score each one with the
+    active model as soon as it is prepared: inference overlaps the store's latency
     for the rest of the batch (one image at a time is also LiteRT's fastest way on
-    this CPU). Results come back in the order of ``claimed``."""
+    this CPU; an image's face crops go through the interpreter together). Results
+    come back in the order of ``claimed``."""
     max_bytes = runtime.settings.max_image_bytes
+    classifier = serving.active.classifier
+    shadow = serving.shadow if serving.shadow and not serving.shadow_shares_inputs else None
 
     def fetch(item: _Claimed) -> _Fetched:
         result = _Fetched(item)
         try:
             data = runtime.store(item.bucket).get(item.key, max_bytes=max_bytes)
-            result.sha256 = hashlib.sha256(data).hexdigest()
-            result.size = len(data)
-            result.decoded = classifier.decode(data)
         except (PermanentError, TransientError) as exc:
             result.error = exc
+            return result
+        result.sha256 = hashlib.sha256(data).hexdigest()
+        result.size = len(data)
+        try:
+            result.prepared = runtime.prepare(classifier, data)
+        except ImageError as exc:  # a ModelError is not the image's fault: it fails the task
+            result.error = exc
+            return result
+        if shadow is not None:
+            try:
+                result.shadow_prepared = runtime.prepare(shadow.classifier, data)
+            except DeepscreenError as exc:  # the shadow never fails the image
+                logger.warning(
+                    "task %s image %d: shadow model %s cannot prepare it: %s",
+                    task_id,
+                    item.image_id,
+                    shadow.sha256[:12],
+                    exc,
+                )
         return result
 
     futures = [runtime.fetch_pool.submit(fetch, item) for item in claimed]
     for future in as_completed(futures):
         result = future.result()
-        if result.decoded is not None:
+        if result.prepared is not None:
             with runtime.inference_lock:
                 started = time.perf_counter()
-                result.score = float(classifier.predict_pixels(result.decoded.pixels[None])[0])
+                result.prediction = classifier.predict_prepared([result.prepared])[0]
                 result.inference_ms = (time.perf_counter() - started) * 1000
     return [future.result() for future in futures]
 
@@ -242,26 +273,19 @@ def _infer_and_record(
     task_id: str,
 ) -> None:
     classifier, version_id = serving.active.classifier, serving.active.version_id
-    good = [f for f in fetched if f.decoded is not None]
+    good = [f for f in fetched if f.prediction is not None]
     predictions: list[dict[str, object]] = []
     now = utcnow()
     if good:
         predictions = [
-            {
-                "image_id": f.claimed.image_id,
-                "model_version_id": version_id,
-                "score": f.score,
-                "label": classifier.label_for(f.score),
-                "threshold": classifier.threshold,
-                "inference_ms": f.inference_ms,
-                "created_at": now,
-            }
+            prediction_row(
+                f.claimed.image_id, version_id, classifier, f.prediction, f.inference_ms, now
+            )
             for f in good
-            if f.score is not None
+            if f.prediction is not None
         ]
         if serving.shadow is not None:
-            pixels = np.stack([f.decoded.pixels for f in good if f.decoded is not None])
-            predictions += _shadow_predict(serving.shadow, pixels, good, runtime, now, task_id)
+            predictions += _shadow_predict(serving, good, runtime, now, task_id)
     by_id = {f.claimed.image_id: f for f in fetched}
     with session_scope(runtime.session_factory) as session:
         queries.add_predictions(session=session, rows=predictions)
@@ -276,9 +300,9 @@ def _infer_and_record(
             item = by_id[image.id]
             if item.sha256 is not None:
                 image.sha256, image.size = item.sha256, item.size
-            if item.decoded is not None:
-                image.width, image.height = item.decoded.width, item.decoded.height
-                image.content_type = PILImage.MIME.get(item.decoded.format)
+            if item.prepared is not None and item.prediction is not None:
+                image.width, image.height = item.prepared.width, item.prepared.height
+                image.content_type = PILImage.MIME.get(item.prepared.format)
                 image.status, image.finished_at = ImageStatus.DONE, now
                 image.failure_reason = None
                 outcome.classified.append(image.id)
@@ -304,37 +328,60 @@ def _infer_and_record(
         )
 
 
-def _predict(
-    model: ServedModel,
-    pixels: np.ndarray,
-    good: list[_Fetched],
-    runtime: Runtime,
+def prediction_row(
+    image_id: int,
+    version_id: int,
+    classifier: Classifier,
+    prediction: ModelPrediction,
+    inference_ms: float,
     now: datetime,
+) -> dict[str, object]:
+    """The ``predictions`` row of one model's verdict on one image. ``faces`` is SQL
+    NULL for a model without a face stage, a (possibly empty) list otherwise."""
+    faces: object = null()
+    if classifier.face_stage is not None:
+        faces = [face.to_json() for face in prediction.faces]
+    return {
+        "image_id": image_id,
+        "model_version_id": version_id,
+        "score": prediction.score,
+        "label": prediction.label,
+        "threshold": prediction.threshold,
+        "inference_ms": inference_ms,
+        "faces": faces,
+        "reason": prediction.reason,
+        "created_at": now,
+    }
+
+
+def _predict(
+    serving: Serving, good: list[_Fetched], runtime: Runtime, now: datetime
 ) -> list[dict[str, object]]:
-    """Prediction rows of ``model`` (the shadow) on the batch, timed on their own."""
+    """Prediction rows of the shadow model on the batch, its crops scored in shared
+    batches and timed on their own."""
+    model = serving.shadow
+    assert model is not None
+    items: list[tuple[_Fetched, PreparedImage]] = []
+    for f in good:
+        prepared = f.prepared if serving.shadow_shares_inputs else f.shadow_prepared
+        if prepared is not None:
+            items.append((f, prepared))
+    if not items:
+        return []
     classifier = model.classifier
     with runtime.inference_lock:
         started = time.perf_counter()
-        scores = [float(s) for s in classifier.predict_pixels(pixels)]
+        verdicts = classifier.predict_prepared([prepared for _, prepared in items])
         # One batched call: each image is charged its share of it.
-        per_image_ms = (time.perf_counter() - started) * 1000 / len(good)
+        per_image_ms = (time.perf_counter() - started) * 1000 / len(items)
     return [
-        {
-            "image_id": f.claimed.image_id,
-            "model_version_id": model.version_id,
-            "score": score,
-            "label": classifier.label_for(score),
-            "threshold": classifier.threshold,
-            "inference_ms": per_image_ms,
-            "created_at": now,
-        }
-        for f, score in zip(good, scores, strict=True)
+        prediction_row(f.claimed.image_id, model.version_id, classifier, p, per_image_ms, now)
+        for (f, _), p in zip(items, verdicts, strict=True)
     ]
 
 
 def _shadow_predict(
-    model: ServedModel,
-    pixels: np.ndarray,
+    serving: Serving,
     good: list[_Fetched],
     runtime: Runtime,
     now: datetime,
@@ -342,12 +389,13 @@ def _shadow_predict(
 ) -> list[dict[str, object]]:
     """The shadow model's rows, or none if it fails: it must never fail the batch."""
     try:
-        return _predict(model, pixels, good, runtime, now)
+        return _predict(serving, good, runtime, now)
     except DeepscreenError as exc:
+        assert serving.shadow is not None
         logger.error(
             "task %s: shadow model %s failed, its scores are skipped (images %s): %s",
             task_id,
-            model.sha256[:12],
+            serving.shadow.sha256[:12],
             _ids([f.claimed.image_id for f in good]),
             exc,
         )

@@ -31,6 +31,8 @@ def verdict_payload(
         "sha256": image.sha256,
         "score": prediction.score,
         "label": prediction.label,
+        "reason": prediction.reason,
+        "faces": prediction.faces,
         "threshold": prediction.threshold,
         "model_version": model_sha256,
         "final_label": verdict.final_label,

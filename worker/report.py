@@ -52,25 +52,40 @@ def print_report(
 
 
 def print_table(rows: Sequence[Row], out: TextIO) -> None:
-    """An aligned table: file, status, score, label and, for failures, the reason."""
-    table = [["file", "status", "score", "label", "reason"]]
+    """An aligned table: file, status, score, label and, for failures and images with
+    no face, the reason."""
+    table = [["file", "status", "score", "label", "faces", "reason"]]
     for image, prediction in rows:
         table.append(
             [
                 image.key,
                 image.status.value,
-                f"{prediction.score:.4f}" if prediction is not None else "-",
+                _score(prediction),
                 prediction.label if prediction is not None else "-",
-                image.failure_reason or "",
+                _faces(prediction),
+                image.failure_reason or (prediction and prediction.reason) or "",
             ]
         )
     widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
     for cells in table:
         line = "  ".join(
-            cell.rjust(w) if c == 2 else cell.ljust(w)
+            cell.rjust(w) if c in (2, 4) else cell.ljust(w)
             for c, (cell, w) in enumerate(zip(cells, widths, strict=True))
         )
         out.write(line.rstrip() + "\n")
+
+
+def _score(prediction: Prediction | None) -> str:
+    if prediction is None or prediction.score is None:
+        return "-"
+    return f"{prediction.score:.4f}"
+
+
+def _faces(prediction: Prediction | None) -> str:
+    """How many faces the model's face stage found; ``-`` without a face stage."""
+    if prediction is None or prediction.faces is None:
+        return "-"
+    return str(len(prediction.faces))
 
 
 def counts_line(rows: Sequence[Row], labels: Sequence[str] = ()) -> str:

@@ -14,6 +14,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
+from weakref import WeakKeyDictionary
 
 from botocore.client import BaseClient
 from sqlalchemy import Engine
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from deepscreen.config import Settings
 from deepscreen.db.session import make_engine, make_session_factory
-from deepscreen.inference import Classifier
+from deepscreen.inference import Classifier, PreparedImage
 from deepscreen.storage import ImageStore, make_s3_client, open_store, store_for_bucket
 from worker.serving import CHECK_INTERVAL, ModelSet, Serving
 
@@ -36,7 +37,7 @@ class Runtime:
     served while no version is active, as ``settings.model_dir`` is otherwise. The
     registry's active version replaces it as soon as a batch notices one, at most
     ``check_interval`` seconds after a change. Classifiers are not thread-safe:
-    hold `inference_lock` around inference (decoding is safe from any thread).
+    hold `inference_lock` around inference, and prepare images through `prepare`.
     """
 
     def __init__(
@@ -63,6 +64,8 @@ class Runtime:
         self._s3_client: BaseClient | None = None
         self._stores: dict[str, ImageStore] = {}
         self._fetch_pool: ThreadPoolExecutor | None = None
+        #: One lock per classifier with a face stage: its detector is one interpreter.
+        self._prepare_locks: WeakKeyDictionary[Classifier, threading.Lock] = WeakKeyDictionary()
 
     def _check_process(self) -> None:
         """After a fork, forget the parent's resources (without closing them)."""
@@ -107,6 +110,17 @@ class Runtime:
             if self._fetch_pool is None:
                 self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
             return self._fetch_pool
+
+    def prepare(self, classifier: Classifier, data: bytes) -> PreparedImage:
+        """``classifier.prepare(data)``, safe from any fetch thread: decoding runs in
+        parallel, face detection (one LiteRT interpreter per classifier) one image at a
+        time per classifier, overlapping the other model's and the classifier's work."""
+        if classifier.face_stage is None:
+            return classifier.prepare(data)
+        with self._lock:
+            lock = self._prepare_locks.setdefault(classifier, threading.Lock())
+        with lock:
+            return classifier.prepare(data)
 
     @property
     def model_version_id(self) -> int:

@@ -59,8 +59,26 @@ class Serving:
     """What one batch uses from start to end."""
 
     active: ServedModel
-    #: A candidate scored on the same pixels; its predictions are stored, never used.
+    #: A candidate scored on the same images; its predictions are stored, never used.
     shadow: ServedModel | None = None
+
+    @property
+    def shadow_shares_inputs(self) -> bool:
+        """Whether the shadow model takes the very inputs prepared for the active one
+        (same preprocessing, face stage and input size); else it prepares its own."""
+        if self.shadow is None:
+            return False
+        return same_inputs(self.active.classifier, self.shadow.classifier)
+
+
+def same_inputs(a: Classifier, b: Classifier) -> bool:
+    """Whether ``a.prepare`` and ``b.prepare`` cut the same inputs from any image."""
+    return (
+        a.preprocessing == b.preprocessing
+        and a.face_stage == b.face_stage
+        and a.input_size == b.input_size
+        and (a.max_bytes, a.max_pixels) == (b.max_bytes, b.max_pixels)
+    )
 
 
 def load_classifier(model_dir: Path, settings: Settings) -> Classifier:
@@ -184,16 +202,6 @@ class ModelSet:
         else:
             classifier = self._load(wanted, current)
         if classifier is None:
-            return None
-        if classifier.preprocessing != active.classifier.preprocessing:
-            # It must score the very pixels decoded for the active model.
-            logger.error(
-                "shadow model %s preprocesses images differently from the active model %s; "
-                "not running it",
-                wanted.sha256[:12],
-                active.sha256[:12],
-            )
-            self._refused[wanted.sha256] = time.monotonic() + RETRY_REFUSED
             return None
         return ServedModel(wanted.id, classifier)
 

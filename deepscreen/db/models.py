@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from deepscreen.db.base import Base, BigIntId, utcnow
+from deepscreen.db.base import Base, BigIntId, JsonDocument, utcnow
 
 
 class ImageStatus(enum.StrEnum):
@@ -169,12 +169,20 @@ class Prediction(Base):
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="RESTRICT")
     )
-    #: Probability of the positive ("fake") class, 0..1.
-    score: Mapped[float] = mapped_column(Float)
+    #: Probability of the positive ("fake") class, 0..1; None when the model gave no
+    #: score (label ``no_face``: its face stage found no face).
+    score: Mapped[float | None] = mapped_column(Float)
+    #: The model's label (``real``, ``fake``) or ``no_face``.
     label: Mapped[str] = mapped_column(String(64))
     #: The decision threshold the label was derived with.
     threshold: Mapped[float] = mapped_column(Float)
     inference_ms: Mapped[float] = mapped_column(Float)
+    #: Every face the model's face stage found, in original image pixels:
+    #: ``[{x0, y0, x1, y1, confidence, score}]`` (``score`` None for a face not
+    #: classified); None for a model without a face stage.
+    faces: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonDocument)
+    #: Why the model gave no score (``no_face``), else None.
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = created_at_column()
 
     image: Mapped[Image] = relationship(back_populates="predictions")
@@ -187,4 +195,5 @@ class Prediction(Base):
     )
 
     def __repr__(self) -> str:
-        return f"<Prediction image={self.image_id} {self.label} {self.score:.3f}>"
+        score = "-" if self.score is None else f"{self.score:.3f}"
+        return f"<Prediction image={self.image_id} {self.label} {score}>"

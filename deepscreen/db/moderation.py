@@ -49,7 +49,8 @@ class ReviewState(enum.StrEnum):
 class ReviewReason(enum.StrEnum):
     UNCERTAIN = "uncertain"  # score inside the band around the threshold
     FAKE = "fake"  # every fake verdict is checked
-    AUDIT = "audit"  # random sample of confident reals
+    AUDIT = "audit"  # random sample of confident reals (and of no-face verdicts)
+    NO_FACE = "no_face"  # the model found no face (DEEPSCREEN_REVIEW_NO_FACE=review)
     MANUAL = "manual"  # a moderator opened it from outside the queue
 
 
@@ -98,8 +99,9 @@ class Verdict(Base):
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="RESTRICT")
     )
-    score: Mapped[float] = mapped_column(Float)
-    #: The model's label.
+    #: The model's score; None for a ``no_face`` verdict.
+    score: Mapped[float | None] = mapped_column(Float)
+    #: The model's label (``no_face`` when its face stage found no face).
     model_label: Mapped[str] = mapped_column(String(64))
     #: The human decision, when one was made.
     human_label: Mapped[str | None] = mapped_column(String(64))
