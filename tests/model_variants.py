@@ -1,6 +1,6 @@
 """Other valid models than the packaged one, without TensorFlow: the default model with
 zero bytes appended to its ``.tflite`` (LiteRT ignores them, the sha256 changes) and a
-card of its own."""
+card of its own, with or without a face stage."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import json
 import shutil
 from pathlib import Path
 
+from deepscreen.faces import FaceStage
 from deepscreen.inference import default_model_dir
 
 #: Files of the packaged model a variant copies (the plots are left out: not needed).
 COPIED = ("model_card.json", "report.md")
 
 
-def model_variant(folder: Path, *, pad: int = 16, threshold: float = 0.5) -> Path:
-    """The default model in ``folder`` with ``pad`` bytes appended and ``threshold``."""
+def model_variant(
+    folder: Path, *, pad: int = 16, threshold: float = 0.5, face_stage: FaceStage | None = None
+) -> Path:
+    """The default model in ``folder`` with ``pad`` bytes appended and ``threshold``;
+    with ``face_stage`` in its card, it classifies face crops (``no_face`` without one)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         shutil.copy(default_model_dir() / name, folder / name)
@@ -28,5 +32,7 @@ def model_variant(folder: Path, *, pad: int = 16, threshold: float = 0.5) -> Pat
         name=f"{card.get('name', 'model')}-variant-{pad}",
         threshold=threshold,
     )
+    if face_stage is not None:
+        card["face_stage"] = face_stage.to_card()
     (folder / "model_card.json").write_text(json.dumps(card, indent=2))
     return folder

@@ -692,6 +692,8 @@ def test_new_verdicts_emit_verdict_created_once(
                 "sha256": image.sha256,
                 "score": prediction.score,
                 "label": prediction.label,
+                "reason": prediction.reason,
+                "faces": prediction.faces,
                 "threshold": prediction.threshold,
                 "model_version": runtime.classifier.version,
                 "final_label": verdict.final_label,
