@@ -103,14 +103,18 @@ def images() -> Response:
         raise BadRequest(details)
     # An outer join lists images that have no verdict yet (queued, failed); any
     # filter on a verdict column leaves them out, as NULL matches no condition.
-    stmt = select(Image, Verdict).outerjoin(Verdict, Verdict.image_id == Image.id)
+    stmt = (
+        select(Image, Verdict, Prediction)
+        .outerjoin(Verdict, Verdict.image_id == Image.id)
+        .outerjoin(Prediction, Prediction.id == Verdict.prediction_id)
+    )
     stmt = filt.apply(stmt).where(Image.id > after)
     if status is not None:
         stmt = stmt.where(Image.status == status)
     rows = db.session().execute(stmt.order_by(Image.id).limit(limit + 1)).all()
     page = rows[:limit]
     return jsonify(
-        items=[image_summary(image, verdict) for image, verdict in page],
+        items=[image_summary(image, verdict, pred) for image, verdict, pred in page],
         limit=limit,
         next_after=page[-1][0].id if len(rows) > limit else None,
     )
@@ -124,6 +128,7 @@ def image(image_id: int) -> Response:
     if found is None:
         return error(404, f"no image {image_id}")
     verdict = dbs.scalar(select(Verdict).where(Verdict.image_id == image_id))
+    current = dbs.get(Prediction, verdict.prediction_id) if verdict is not None else None
     predictions = dbs.execute(
         select(Prediction, ModelVersion)
         .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
@@ -138,7 +143,7 @@ def image(image_id: int) -> Response:
     ).all()
     return jsonify(
         {
-            **image_summary(found, verdict),
+            **image_summary(found, verdict, current),
             "etag": found.etag,
             "sha256": found.sha256,
             "size": found.size,
@@ -164,7 +169,10 @@ def openapi_document() -> Response:
     return jsonify(openapi.document(server_url=request.script_root + URL_PREFIX))
 
 
-def image_summary(image: Image, verdict: Verdict | None) -> dict[str, Any]:
+def image_summary(
+    image: Image, verdict: Verdict | None, prediction: Prediction | None
+) -> dict[str, Any]:
+    """An image and its verdict (``prediction`` is the one the verdict points at)."""
     return {
         "id": image.id,
         "bucket": image.bucket,
@@ -172,15 +180,17 @@ def image_summary(image: Image, verdict: Verdict | None) -> dict[str, Any]:
         "status": image.status.value,
         "source": image.source.value,
         "created_at": isoformat(image.created_at),
-        "verdict": None if verdict is None else _verdict(verdict),
+        "verdict": None if verdict is None else _verdict(verdict, prediction),
     }
 
 
-def _verdict(v: Verdict) -> dict[str, Any]:
+def _verdict(v: Verdict, p: Prediction | None) -> dict[str, Any]:
     return {
         "model_version_id": v.model_version_id,
         "score": v.score,
         "model_label": v.model_label,
+        "model_reason": p.reason if p is not None else None,
+        "faces": p.faces if p is not None else None,
         "human_label": v.human_label,
         "final_label": v.final_label,
         "state": v.state.value,
@@ -199,6 +209,8 @@ def _prediction(p: Prediction, model: ModelVersion) -> dict[str, Any]:
         "model_version": {"id": model.id, "name": model.name, "sha256": model.sha256},
         "score": p.score,
         "label": p.label,
+        "reason": p.reason,
+        "faces": p.faces,
         "threshold": p.threshold,
         "inference_ms": p.inference_ms,
         "created_at": isoformat(p.created_at),

@@ -169,6 +169,13 @@ def _schemas() -> dict[str, Schema]:
         "predictions": {"type": "array", "items": ref("Prediction")},
         "reviews": {"type": "array", "items": ref("Review")},
     }
+    faces: Schema = {
+        "anyOf": [{"type": "array", "items": ref("Face")}, {"type": "null"}],
+        "description": (
+            "faces the model's face stage found, largest first, in original image pixels; "
+            "null for a model without a face stage"
+        ),
+    }
     model_ref = {
         "id": {"type": "integer"},
         "name": {"type": "string"},
@@ -182,11 +189,39 @@ def _schemas() -> dict[str, Schema]:
             },
             required=["error"],
         ),
+        "Face": obj(
+            {
+                "x0": {"type": "number"},
+                "y0": {"type": "number"},
+                "x1": {"type": "number"},
+                "y1": {"type": "number"},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                "score": {
+                    "type": ["number", "null"],
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "null for a face beyond the model's max_faces",
+                },
+            }
+        ),
         "Verdict": obj(
             {
                 "model_version_id": {"type": "integer"},
-                "score": {"type": "number", "minimum": 0, "maximum": 1},
-                "model_label": {"type": "string"},
+                "score": {
+                    "type": ["number", "null"],
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "probability of fake; null when model_label is no_face",
+                },
+                "model_label": {
+                    "type": "string",
+                    "description": "real, fake, or no_face (the face stage found no face)",
+                },
+                "model_reason": {
+                    **nullable("string"),
+                    "description": "why the model gave no score (no_face), else null",
+                },
+                "faces": faces,
                 "human_label": nullable("string"),
                 "final_label": {
                     "type": "string",
@@ -217,8 +252,10 @@ def _schemas() -> dict[str, Schema]:
             {
                 "id": {"type": "integer"},
                 "model_version": obj(model_ref),
-                "score": {"type": "number"},
+                "score": nullable("number"),
                 "label": {"type": "string"},
+                "reason": nullable("string"),
+                "faces": faces,
                 "threshold": {"type": "number"},
                 "inference_ms": {"type": "number"},
                 "created_at": timestamp(),

@@ -28,6 +28,7 @@ from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ModelVersion, Prediction
 from deepscreen.db.moderation import Action, Review, ReviewReason, ReviewState, Role, Verdict
 from deepscreen.errors import DeepscreenError, PermanentError
+from deepscreen.review import NO_FACE
 from deepscreen.storage import store_for_bucket
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def _listing(order: Order, default_state: str, template: str) -> str:
         now=utcnow(),
         states=["queue", "all", *[s.value for s in ReviewState]],
         reasons=[r.value for r in ReviewReason],
+        labels=[*decisions.DEFAULT_LABELS, NO_FACE],
     )
 
 
@@ -84,6 +86,8 @@ def item(image_id: int) -> str:
     dbs = db.session()
     image = dbs.get(Image, image_id) or abort(404)
     verdict = dbs.scalar(select(Verdict).where(Verdict.image_id == image_id))
+    # The prediction behind the verdict: its faces are drawn over the image.
+    current = dbs.get(Prediction, verdict.prediction_id) if verdict is not None else None
     filters, _ = VerdictFilter.from_args(request.args, default_state=ReviewState.OPEN.value)
     order = (
         Order(request.args.get("order", Order.PRIORITY.value))
@@ -115,6 +119,8 @@ def item(image_id: int) -> str:
         "review/item.html",
         image=image,
         verdict=verdict,
+        current=current,
+        faces=current.faces if current is not None else None,
         labels=decisions.labels_of(verdict),
         predictions=predictions,
         history=history,

@@ -89,6 +89,7 @@ def index() -> str:
         model_chart=charts.bar_chart(list(model.items()), title="Model labels"),
         bins=list(zip(edges, edges[1:], bins, strict=False)),
         histogram_chart=charts.histogram(bins, edges=edges, title="Scores of current verdicts"),
+        unscored=unscored_count(session=dbs),
         overrides=override_rates(session=dbs),
         queue=queue,
         queue_total=sum(r.count for r in queue),
@@ -138,12 +139,20 @@ def label_counts(*, session: Session) -> dict[tuple[str, str], int]:
 
 
 def score_histogram(*, session: Session, bins: int = HISTOGRAM_BINS) -> list[int]:
-    """Current verdicts per score bin of width ``1 / bins``; a score of 1 is in the last."""
+    """Current verdicts per score bin of width ``1 / bins``; a score of 1 is in the last.
+    Verdicts without a score (``no_face``) are in no bin: see `unscored_count`."""
     index = _floor(session, Verdict.score * bins).label("bin")
     counts = [0] * bins
-    for i, n in session.execute(select(index, func.count()).group_by(index)):
+    stmt = select(index, func.count()).where(Verdict.score.is_not(None)).group_by(index)
+    for i, n in session.execute(stmt):
         counts[min(max(int(i), 0), bins - 1)] += n
     return counts
+
+
+def unscored_count(*, session: Session) -> int:
+    """Current verdicts without a score: the model found no face (``no_face``)."""
+    stmt = select(func.count()).select_from(Verdict).where(Verdict.score.is_(None))
+    return int(session.scalar(stmt) or 0)
 
 
 def override_rates(*, session: Session) -> list[OverrideRate]:

@@ -23,6 +23,11 @@ from deepscreen.db.models import Image, Prediction
 from deepscreen.db.moderation import ReviewReason, ReviewState, Verdict
 from deepscreen.db.queries import dialect_insert
 
+#: The model label of an image in which the face stage found no face: the same string
+#: as `deepscreen.inference.NO_FACE`, here so the dashboard reads it without importing
+#: the serving code.
+NO_FACE = "no_face"
+
 
 @dataclass(frozen=True)
 class ReviewNeed:
