@@ -103,6 +103,49 @@ def decode_image(
 
     Raises UndecodableImage, UnsupportedImage or OversizedImage; never a Pillow error.
     """
+    opened = open_rgb(
+        data,
+        draft_side=max(prep.width, prep.height) if prep.jpeg_draft else None,
+        background=prep.background,
+        exif_transpose=prep.exif_transpose,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+    )
+    rgb = opened.image
+    try:
+        if rgb.size != prep.size:
+            rgb = rgb.resize(prep.size, _RESAMPLE[prep.resample], reducing_gap=None)
+        pixels = np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise UndecodableImage(f"corrupt image data: {exc}") from exc
+    return DecodedImage(pixels=pixels, width=opened.width, height=opened.height, format=opened.format)
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """A decoded RGB image (possibly JPEG-drafted) and what is known of the original."""
+
+    image: Image.Image
+    width: int  # original width, after EXIF orientation
+    height: int
+    format: str
+
+
+def open_rgb(
+    data: bytes,
+    *,
+    draft_side: int | None,
+    background: tuple[int, int, int] = (255, 255, 255),
+    exif_transpose: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> OpenedImage:
+    """Decode ``data`` to 8-bit RGB, checking size limits and format.
+
+    ``draft_side``: JPEGs are decoded at the smallest 1/2^k scale whose sides stay at
+    least this long (None: full size). Raises UndecodableImage, UnsupportedImage or
+    OversizedImage; never a Pillow error.
+    """
     if not data:
         raise UndecodableImage("empty file")
     if len(data) > max_bytes:
@@ -119,18 +162,16 @@ def decode_image(
                 raise OversizedImage(f"{w}x{h} pixels is over the limit of {max_pixels}")
             if w == 0 or h == 0:
                 raise UndecodableImage("image has no pixels")
-            if prep.jpeg_draft and fmt in ("JPEG", "MPO"):
-                img.draft("RGB", _draft_target(img, prep))
+            if draft_side and fmt in ("JPEG", "MPO"):
+                img.draft("RGB", (draft_side, draft_side))
             img.load()  # first frame only for animations
             orig_w, orig_h = w, h
-            if prep.exif_transpose:
+            if exif_transpose:
                 if _is_quarter_turn(img):
                     orig_w, orig_h = h, w
                 img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img, prep.background)
-            if rgb.size != prep.size:
-                rgb = rgb.resize(prep.size, _RESAMPLE[prep.resample], reducing_gap=None)
-            pixels = np.asarray(rgb, dtype=np.uint8)
+            rgb = _to_rgb(img, background)
+            rgb.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise OversizedImage(str(exc)) from exc
     except UnidentifiedImageError as exc:
@@ -138,13 +179,7 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow signals truncated and corrupt streams with these.
         raise UndecodableImage(f"corrupt image data: {exc}") from exc
-    return DecodedImage(pixels=pixels, width=orig_w, height=orig_h, format=fmt)
-
-
-def _draft_target(img: Image.Image, prep: Preprocessing) -> tuple[int, int]:
-    """Draft size that survives a later 90-degree EXIF rotation."""
-    side = max(prep.width, prep.height)
-    return (side, side)
+    return OpenedImage(image=rgb, width=orig_w, height=orig_h, format=fmt)
 
 
 def _is_quarter_turn(img: Image.Image) -> bool:

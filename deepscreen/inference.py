@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from deepscreen.errors import ImageError, ModelError
+from deepscreen.faces import FaceBox, FaceDetector, FaceStage, face_inputs
 from deepscreen.imaging import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     Preprocessing,
     decode_image,
+    open_rgb,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,16 +40,53 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent / "models" / "default"
 
 
+#: The label of an image in which the face stage found no face: neither real nor fake.
+NO_FACE = "no_face"
+
+
+@dataclass(frozen=True)
+class FaceScore:
+    """One detected face and, when it was classified, its score."""
+
+    box: FaceBox
+    #: P(fake) of this face's crop; None for faces beyond the card's ``max_faces``.
+    score: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.box.to_json()
+        out["score"] = None if self.score is None else round(float(self.score), 6)
+        return out
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The verdict on one image."""
 
-    #: Probability of ``labels[1]`` (fake), in [0, 1].
-    score: float
+    #: Probability of ``labels[1]`` (fake), in [0, 1]: with a face stage, the highest
+    #: face score. None when the label is `NO_FACE`.
+    score: float | None
+    #: ``labels[0]``, ``labels[1]`` or `NO_FACE`.
     label: str
     #: sha256 of the model file that produced the score.
     model_version: str
     threshold: float
+    #: Every face found (empty for a model without a face stage).
+    faces: tuple[FaceScore, ...] = ()
+    #: Why the image got no verdict (`NO_FACE`), else None.
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready for the model: its inputs and what the face stage found."""
+
+    #: (k, H, W, 3) uint8 model inputs: one per classified face, or the whole image
+    #: (k = 1) for a model without a face stage; k = 0 means no face.
+    inputs: np.ndarray
+    faces: tuple[FaceBox, ...]
+    width: int  # original size, after EXIF orientation
+    height: int
+    format: str
 
 
 class Classifier:
@@ -91,6 +130,8 @@ class Classifier:
                 f"of {MODEL_FILE} ({self.version})"
             )
         self.labels, self.threshold, self.preprocessing = _parse_card(self.card, self.model_dir)
+        self.face_stage = _parse_face_stage(self.card, self.model_dir)
+        self._detector: FaceDetector | None = None
         self._interpreter = _make_interpreter(model_bytes, num_threads, self.model_dir)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -125,6 +166,78 @@ class Classifier:
             data, self.preprocessing, max_bytes=self.max_bytes, max_pixels=self.max_pixels
         )
 
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector of the card's face stage (loaded on first use)."""
+        if self.face_stage is None:
+            raise ModelError(f"{self.model_dir}: the model has no face stage")
+        if self._detector is None:
+            self._detector = FaceDetector(self.face_stage, num_threads=1)
+        return self._detector
+
+    def prepare(self, data: bytes) -> PreparedImage:
+        """Decode ``data`` and cut the model's inputs exactly as training did.
+
+        With a face stage: one crop per face (at most the card's ``max_faces``);
+        without: the whole image resized. Raises ImageError subclasses for bad input.
+        """
+        if self.face_stage is None:
+            decoded = self.decode(data)
+            return PreparedImage(
+                decoded.pixels[np.newaxis], (), decoded.width, decoded.height, decoded.format
+            )
+        opened = open_rgb(
+            data,
+            draft_side=self.face_stage.decode_side if self.preprocessing.jpeg_draft else None,
+            background=self.preprocessing.background,
+            exif_transpose=self.preprocessing.exif_transpose,
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+        )
+        inputs, faces = face_inputs(opened.image, self.detector, self.input_size[0])
+        return PreparedImage(inputs, faces, opened.width, opened.height, opened.format)
+
+    def predict_prepared(self, items: Sequence[PreparedImage]) -> list[Prediction]:
+        """Predictions for prepared images, their inputs scored in shared batches."""
+        counts = [len(item.inputs) for item in items]
+        if sum(counts):
+            scores = self.predict_pixels(
+                np.concatenate([item.inputs for item in items if len(item.inputs)])
+            )
+        else:
+            scores = np.zeros(0, np.float32)
+        out, start = [], 0
+        for item, n in zip(items, counts, strict=True):
+            out.append(self.prediction_for(item, scores[start : start + n]))
+            start += n
+        return out
+
+    def prediction_for(self, item: PreparedImage, scores: np.ndarray) -> Prediction:
+        """The verdict on ``item`` from its inputs' scores (the highest face score wins)."""
+        if self.face_stage is None:
+            return self._prediction(float(scores[0]))
+        faces = tuple(
+            FaceScore(face, float(scores[i]) if i < len(scores) else None)
+            for i, face in enumerate(item.faces)
+        )
+        if not len(scores):
+            return Prediction(
+                score=None,
+                label=NO_FACE,
+                model_version=self.version,
+                threshold=self.threshold,
+                faces=faces,
+                reason=f"no face of at least {self.face_stage.min_face_px} px found",
+            )
+        best = float(np.max(scores))
+        return Prediction(
+            score=best,
+            label=self.label_for(best),
+            model_version=self.version,
+            threshold=self.threshold,
+            faces=faces,
+        )
+
     def predict_pixels(self, batch: np.ndarray) -> np.ndarray:
         """Scores for an (N, H, W, 3) uint8 batch, as N floats in [0, 1]."""
         batch = np.asarray(batch)
@@ -139,20 +252,19 @@ class Classifier:
 
     def classify_one(self, data: bytes) -> Prediction:
         """Classify one encoded image. Raises ImageError subclasses for bad input."""
-        pixels = self.decode(data).pixels
-        return self._prediction(float(self.predict_pixels(pixels[np.newaxis])[0]))
+        return self.predict_prepared([self.prepare(data)])[0]
 
     def classify(self, items: Sequence[bytes]) -> list[Prediction | ImageError]:
         """Classify encoded images; a bad one yields its ImageError in its place.
 
-        Images are decoded and inferred ``max_batch`` at a time, so decoded pixels
+        Images are prepared and inferred ``max_batch`` at a time, so decoded pixels
         for at most one batch are held however many items are passed.
         """
         results: list[Prediction | ImageError | None] = [None] * len(items)
-        pending: list[tuple[int, np.ndarray]] = []
+        pending: list[tuple[int, PreparedImage]] = []
         for index, data in enumerate(items):
             try:
-                pending.append((index, self.decode(data).pixels))
+                pending.append((index, self.prepare(data)))
             except ImageError as exc:
                 results[index] = exc
             if len(pending) == self.max_batch:
@@ -164,14 +276,14 @@ class Classifier:
 
     def _flush(
         self,
-        pending: list[tuple[int, np.ndarray]],
+        pending: list[tuple[int, PreparedImage]],
         results: list[Prediction | ImageError | None],
     ) -> None:
         if not pending:
             return
-        scores = self.predict_pixels(np.stack([pixels for _, pixels in pending]))
-        for (index, _), score in zip(pending, scores, strict=True):
-            results[index] = self._prediction(float(score))
+        predictions = self.predict_prepared([item for _, item in pending])
+        for (index, _), prediction in zip(pending, predictions, strict=True):
+            results[index] = prediction
         pending.clear()
 
     def _prediction(self, score: float) -> Prediction:
@@ -298,6 +410,19 @@ def _parse_card(card: dict[str, Any], model_dir: Path) -> tuple[list[str], float
             f"{model_dir}: serving feeds RGB uint8 pixels, card asks for {prep.color} {prep.dtype}"
         )
     return list(labels), float(threshold), prep
+
+
+def _parse_face_stage(card: dict[str, Any], model_dir: Path) -> FaceStage | None:
+    """The card's face stage, or None for a model that classifies whole images."""
+    raw = card.get("face_stage")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{model_dir}: card face_stage must be an object")
+    try:
+        return FaceStage.from_card(raw)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: bad face_stage in card: {exc}") from exc
 
 
 def _make_interpreter(model_bytes: bytes, num_threads: int | None, model_dir: Path) -> Any:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ import numpy as np
 
 from deepscreen.config import Settings
 from deepscreen.errors import ImageError, PermanentError
-from deepscreen.imaging import Preprocessing, decode_image
+from deepscreen.faces import FaceDetector, FaceStage, face_inputs
+from deepscreen.imaging import Preprocessing, decode_image, open_rgb
 from deepscreen.storage import ImageStore, store_for_bucket
 
 log = logging.getLogger(__name__)
@@ -118,12 +121,17 @@ def read_140k(root: Path, source: str = "ffhq-stylegan") -> list[Sample]:
 
 
 def read_tree(root: Path, source: str | None = None) -> list[Sample]:
-    """A generic tree: <root>/real/** and <root>/fake/**."""
+    """A generic tree: <root>/real/** and/or <root>/fake/** (a source may have one label)."""
     root = Path(root)
-    if not (root / "real").is_dir() or not (root / "fake").is_dir():
-        raise FileNotFoundError(f"{root} has no real/ and fake/ folders")
+    if not (root / "real").is_dir() and not (root / "fake").is_dir():
+        raise FileNotFoundError(f"{root} has no real/ or fake/ folder")
     source = source or root.name
-    return [Sample(p, label_id(n), source) for n in LABELS for p in _images(root / n)]
+    return [
+        Sample(p, label_id(n), source)
+        for n in LABELS
+        if (root / n).is_dir()
+        for p in _images(root / n)
+    ]
 
 
 def read_manifest(csv_path: Path, source: str | None = None) -> list[Sample]:
@@ -188,8 +196,15 @@ def read_source(spec: str) -> list[Sample]:
         or path.name == "real-vs-fake"
     ):
         found += read_140k(path)
-    if not found and (path / "real").is_dir():
+    if not found and ((path / "real").is_dir() or (path / "fake").is_dir()):
         found = read_tree(path)
+    if path.is_dir():
+        # A collection such as ../shared/data-more: generic trees side by side, each a source.
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            if sub.name not in ("real", "fake", "real_vs_fake", "real_and_fake_face") and (
+                (sub / "real").is_dir() or (sub / "fake").is_dir()
+            ):
+                found += read_tree(sub)
     if not found:
         raise FileNotFoundError(f"no known dataset layout under {path}")
     return found
@@ -244,27 +259,101 @@ class LoadedSplit:
     failed: list[tuple[Path, str]]
 
 
+def default_crop_cache() -> Path:
+    """Where face crops are cached between runs (``$XDG_CACHE_HOME/deepscreen/crops``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deepscreen" / "crops"
+
+
+class _CropCache:
+    """Face crops on disk, keyed by the face stage, the crop size and the file's identity
+    (path, size, mtime), so a later run with the same contract detects nothing again."""
+
+    def __init__(self, root: Path, stage: FaceStage, prep: Preprocessing) -> None:
+        self.folder = Path(root) / f"{stage.digest()}-{prep.height}x{prep.width}-{prep.resample}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, sample: Sample) -> Path | None:
+        if sample.url:
+            return None  # bucket objects are not cached: they have no stable local identity
+        try:
+            st = sample.path.stat()
+        except OSError:
+            return None
+        key = f"{sample.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+
+    def get(self, sample: Sample) -> np.ndarray | None:
+        f = self._file(sample)
+        if f is None or not f.is_file():
+            return None
+        try:
+            return np.load(f, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a torn write: detect again
+
+    def put(self, sample: Sample, crop: np.ndarray) -> None:
+        f = self._file(sample)
+        if f is None:
+            return
+        tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with tmp.open("wb") as fh:
+            np.save(fh, crop, allow_pickle=False)
+        tmp.replace(f)
+
+
+#: The reason a sample without a face is left out of training and evaluation.
+NO_FACE_REASON = "no face found"
+
+
 def load_pixels(
     samples: list[Sample],
     prep: Preprocessing,
     workers: int = 4,
     *,
     settings: Settings | None = None,
+    face_stage: FaceStage | None = None,
+    cache_dir: Path | None = None,
 ) -> LoadedSplit:
     """Decode every sample with the serving decoder (threads; Pillow releases the GIL).
 
-    Samples in a bucket are read through `deepscreen.storage` with ``settings``' S3
-    endpoint and credentials (default: `Settings.from_env`). A file or object that is
-    gone or undecodable is skipped and reported; an unreachable store raises.
+    With ``face_stage``, each sample becomes the crop of its largest face, cut by the
+    serving code's own face stage; a sample with no face is left out and reported
+    (reason `NO_FACE_REASON`). Crops are cached under ``cache_dir`` (default
+    `default_crop_cache`). Samples in a bucket are read through `deepscreen.storage`
+    with ``settings``' S3 endpoint and credentials (default: `Settings.from_env`). A
+    file or object that is gone or undecodable is skipped and reported; an
+    unreachable store raises.
     """
     stores: dict[str, ImageStore] = {}
     buckets = sorted({split_s3_url(s.url)[0] for s in samples if s.url})
     if buckets:
         settings = settings or Settings.from_env()
         stores = {bucket: store_for_bucket(bucket, settings) for bucket in buckets}
+    cache = _CropCache(cache_dir or default_crop_cache(), face_stage, prep) if face_stage else None
+    local = threading.local()
+
+    def face_crop(sample: Sample) -> np.ndarray | str:
+        assert face_stage is not None and cache is not None
+        cached = cache.get(sample)
+        if cached is None:
+            if not hasattr(local, "detector"):
+                local.detector = FaceDetector(face_stage, num_threads=1)
+            opened = open_rgb(
+                sample.read_bytes(stores),
+                draft_side=face_stage.decode_side if prep.jpeg_draft else None,
+                background=prep.background,
+                exif_transpose=prep.exif_transpose,
+            )
+            crops, _ = face_inputs(opened.image, local.detector, prep.height)
+            cached = crops[:1]  # the largest face; shape (0, H, W, 3) when there is none
+            cache.put(sample, cached)
+        return cached[0] if len(cached) else NO_FACE_REASON
 
     def one(sample: Sample) -> np.ndarray | str:
         try:
+            if face_stage is not None:
+                return face_crop(sample)
             return decode_image(sample.read_bytes(stores), prep).pixels
         # A bad or vanished file must not stop a training run; transient store errors do.
         except (OSError, ImageError, PermanentError) as exc:

@@ -26,10 +26,16 @@ import tensorflow as tf
 from deepscreen.errors import DeepscreenError
 from deepscreen.inference import Classifier
 from training.data import LABELS, LoadedSplit
-from training.evaluate import evaluate_scores, markdown_report, threshold_at_fpr, write_plots
+from training.evaluate import (
+    evaluate_scores,
+    fpr_per_real_source,
+    markdown_report,
+    threshold_for_sources,
+    write_plots,
+)
 from training.fp16 import fold_and_round
 from training.hparams import HParams
-from training.train import predict, preprocessing_for
+from training.train import face_stage_for, predict, preprocessing_for
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +120,16 @@ def export(
             "preprocessing": prep.to_card(),
             "threshold": 0.5,
         }
+        face_stage = face_stage_for(hp)
+        if face_stage is not None:
+            card["face_stage"] = face_stage.to_card()
         _write_card(stage, card)
         tflite_scores = Classifier(stage).predict_pixels(valid.pixels)
 
-        # The operating threshold is chosen on the shipped artefact's own scores.
-        at_fpr = threshold_at_fpr(tflite_scores, valid.labels, hp.target_fpr)
+        # The operating threshold is chosen on the shipped artefact's own scores, with
+        # every real source of the calibration (validation) split counted equally.
+        valid_sources = [s.source for s in valid.samples]
+        at_fpr = threshold_for_sources(tflite_scores, valid.labels, valid_sources, hp.target_fpr)
         threshold = at_fpr if hp.threshold_policy == "fpr" else 0.5
         diff = float(np.max(np.abs(tflite_scores - keras_scores))) if len(keras_scores) else 0.0
         flips = int(np.sum((tflite_scores >= threshold) != (keras_scores >= threshold)))
@@ -138,6 +149,13 @@ def export(
                 "target_fpr": hp.target_fpr,
                 "at_target_fpr": at_fpr,
                 "half": 0.5,
+                "calibration": (
+                    "validation split; false-positive rate pooled over the real sources, "
+                    "each weighted equally, <= target_fpr, and <= target_fpr + 0.02 on each"
+                ),
+                "fpr_per_real_source": fpr_per_real_source(
+                    tflite_scores, valid.labels, valid_sources, threshold
+                ),
             },
             metrics={"validation": ev.to_dict()},
             parity={

@@ -17,9 +17,13 @@ DEFAULT_HPARAMS_FILE = Path(__file__).with_name("hparams.toml")
 @dataclass(frozen=True)
 class HParams:
     # --- model ---
-    #: Square input side in pixels; 256 keeps the shared data at native resolution, so
-    #: no resampling low-passes the evidence.
-    image_size: int = 256
+    #: Square input side in pixels: each face crop is resized to it.
+    image_size: int = 224
+    #: Classify face crops (`deepscreen.faces.FaceStage`) rather than whole images. The
+    #: stage's parameters go into the model card and serving uses the same ones.
+    face_stage: bool = True
+    #: The crop's side is the face box's longer side times (1 + face_margin).
+    face_margin: float = 0.6
     #: MobileNetV2 width multiplier.
     alpha: float = 1.0
     #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.
@@ -36,7 +40,7 @@ class HParams:
     # --- optimisation ---
     batch_size: int = 32
     #: Phase 1: backbone frozen, head only.
-    head_epochs: int = 2
+    head_epochs: int = 1
     head_learning_rate: float = 1e-3
     #: Phase 2: fine-tune the backbone from `fine_tune_from` upward, low learning rate.
     fine_tune_epochs: int = 6
@@ -44,7 +48,7 @@ class HParams:
     #: "constant", or "cosine": decay the phase-2 rate to zero over fine_tune_epochs.
     lr_schedule: str = "cosine"
     #: First backbone layer trained in phase 2: a layer name or an index.
-    fine_tune_from: str = "0"
+    fine_tune_from: str = "block_8_expand"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     #: Early stopping on validation ROC-AUC (phase 2), best weights restored.
@@ -53,25 +57,35 @@ class HParams:
 
     # --- data ---
     #: Share of each (source, label, difficulty) stratum held out when a layout has no split.
-    val_fraction: float = 0.15
+    val_fraction: float = 0.2
     #: Weight samples so both classes count equally.
     class_weighting: bool = True
     #: Weight samples so every source counts equally (a small hard source is not drowned).
     balance_sources: bool = True
+    #: Sources left out of training and validation entirely (leave-one-generator-out runs),
+    #: comma-separated; "source:fake" leaves out only that source's fakes.
+    exclude_sources: str = ""
 
     # --- augmentation ---
     augment: bool = True
     flip: bool = True
-    #: Random square crop of this share of the side (or more), resized back. 1.0 = off: the
-    #: resampling blurs the high-frequency traces generators leave (measured: validation
-    #: ROC-AUC 0.84 with 0.85 crops at 224 px against 0.91 without at 256 px).
-    crop_min_scale: float = 1.0
-    #: Chance of a JPEG re-compression at a random quality in [min, max].
-    jpeg_probability: float = 0.1
-    jpeg_quality_min: int = 80
+    #: Random square crop of this share of the side (or more), resized back: small shifts
+    #: and scale changes of the face crop, on both labels.
+    crop_min_scale: float = 0.85
+    #: Chance of a JPEG re-compression at a random quality in [min, max], on both labels:
+    #: every source has its own JPEG history, which must not become the cue.
+    jpeg_probability: float = 0.5
+    jpeg_quality_min: int = 40
     jpeg_quality_max: int = 100
+    #: Chance of a Gaussian blur with sigma uniform in (0, blur_sigma_max].
+    blur_probability: float = 0.2
+    blur_sigma_max: float = 1.5
+    #: Chance of a downscale to a share in [rescale_min, 1) of the side, then back up:
+    #: a face from a small photo and one from a large photo look alike after it.
+    rescale_probability: float = 0.3
+    rescale_min: float = 0.35
     #: Brightness, contrast and saturation jitter amplitude (0.1 = +-10 %).
-    color_jitter: float = 0.05
+    color_jitter: float = 0.1
 
     # --- evaluation, gate, export ---
     #: Operating threshold chosen on validation so real faces are flagged at most this often.

@@ -114,11 +114,42 @@ def make_dataset(
     return ds.batch(hp.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """Separable Gaussian blur of a float (H, W, 3) image, 7-tap kernel."""
+    x = tf.range(-3.0, 4.0)
+    k = tf.exp(-(x**2) / (2.0 * sigma**2))
+    k = k / tf.reduce_sum(k)
+    kx = tf.tile(tf.reshape(k, [1, 7, 1, 1]), [1, 1, 3, 1])
+    ky = tf.tile(tf.reshape(k, [7, 1, 1, 1]), [1, 1, 3, 1])
+    batch = img[tf.newaxis]
+    batch = tf.nn.depthwise_conv2d(batch, kx, [1, 1, 1, 1], "SAME")
+    batch = tf.nn.depthwise_conv2d(batch, ky, [1, 1, 1, 1], "SAME")
+    return batch[0]
+
+
+def _to_uint8(img: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
 def make_augmenter(hp: HParams):
-    """Per-image augmentation on uint8 pixels: flips, small crops/scales, mild colour
-    jitter and JPEG re-compression, the changes an image meets on its way to a bucket."""
+    """Per-image augmentation on uint8 pixels, on both labels alike: flips, small crops
+    and scale changes, down-then-up resampling, blur, colour jitter and JPEG
+    re-compression over a wide quality range: the processing an image meets on its way
+    to a bucket, which must not be what tells real from fake."""
     size = hp.image_size
     j = hp.color_jitter
+
+    def maybe(probability: float, changed, img: tf.Tensor) -> tf.Tensor:
+        return tf.cond(tf.random.uniform([]) < probability, lambda: changed(img), lambda: img)
+
+    def rescale(img: tf.Tensor) -> tf.Tensor:
+        side = tf.cast(tf.round(tf.random.uniform([], hp.rescale_min, 1.0) * size), tf.int32)
+        small = tf.image.resize(img, tf.stack([side, side]), method="bilinear", antialias=True)
+        return _to_uint8(tf.image.resize(small, [size, size], method="bilinear"))
+
+    def blur(img: tf.Tensor) -> tf.Tensor:
+        sigma = tf.random.uniform([], 0.1, hp.blur_sigma_max)
+        return _to_uint8(_gaussian_blur(tf.cast(img, tf.float32), sigma))
 
     def augment(img: tf.Tensor) -> tf.Tensor:
         if hp.flip:
@@ -127,18 +158,20 @@ def make_augmenter(hp: HParams):
             scale = tf.random.uniform([], hp.crop_min_scale, 1.0)
             side = tf.cast(tf.round(scale * size), tf.int32)
             img = tf.image.random_crop(img, tf.stack([side, side, 3]))
-            img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
-            img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+            img = _to_uint8(tf.image.resize(img, [size, size], method="bilinear", antialias=True))
+        if hp.rescale_probability > 0:
+            img = maybe(hp.rescale_probability, rescale, img)
+        if hp.blur_probability > 0:
+            img = maybe(hp.blur_probability, blur, img)
         if j > 0:
             f = tf.cast(img, tf.float32) / 255.0
             f = tf.image.random_brightness(f, j)
             f = tf.image.random_contrast(f, 1 - j, 1 + j)
             f = tf.image.random_saturation(f, 1 - j, 1 + j)
-            img = tf.cast(tf.clip_by_value(tf.round(f * 255.0), 0, 255), tf.uint8)
+            img = _to_uint8(f * 255.0)
         if hp.jpeg_probability > 0:
             quality = tf.random.uniform([], hp.jpeg_quality_min, hp.jpeg_quality_max + 1, tf.int32)
-            recompressed = tf.image.adjust_jpeg_quality(img, quality)  # uint8 in, uint8 out
-            img = tf.cond(tf.random.uniform([]) < hp.jpeg_probability, lambda: recompressed, lambda: img)
+            img = maybe(hp.jpeg_probability, lambda x: tf.image.adjust_jpeg_quality(x, quality), img)
         return tf.ensure_shape(img, [size, size, 3])
 
     return augment

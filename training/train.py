@@ -20,8 +20,17 @@ import numpy as np
 
 from deepscreen.config import Settings
 from deepscreen.errors import DeepscreenError
+from deepscreen.faces import FaceStage
 from deepscreen.imaging import Preprocessing
-from training.data import LoadedSplit, Sample, count_table, load_pixels, read_source, split_samples
+from training.data import (
+    LoadedSplit,
+    Sample,
+    count_table,
+    label_id,
+    load_pixels,
+    read_source,
+    split_samples,
+)
 from training.hparams import HParams
 from training.model import build_model, make_dataset, set_trainable
 
@@ -47,6 +56,21 @@ class TrainingResult:
 
 def preprocessing_for(hp: HParams) -> Preprocessing:
     return Preprocessing(height=hp.image_size, width=hp.image_size)
+
+
+def face_stage_for(hp: HParams) -> FaceStage | None:
+    """The face stage the model is trained and served with, or None (whole images)."""
+    return FaceStage(margin=hp.face_margin) if hp.face_stage else None
+
+
+def exclude(samples: list[Sample], spec: str) -> list[Sample]:
+    """``samples`` without the sources named in ``spec`` ("a,b:fake": all of a, b's fakes)."""
+    out = samples
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        source, _, label = item.partition(":")
+        drop = None if not label else label_id(label)
+        out = [s for s in out if not (s.source == source and drop in (None, s.label))]
+    return out
 
 
 def sample_weights(samples: list[Sample], hp: HParams) -> np.ndarray | None:
@@ -140,17 +164,17 @@ def train_samples(
     started = time.monotonic()
     keras.utils.set_random_seed(hp.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
-    splits = split_samples(samples, hp.val_fraction, hp.seed)
+    splits = split_samples(exclude(samples, hp.exclude_sources), hp.val_fraction, hp.seed)
     log.info("samples per split, source and label:\n%s", count_table(splits))
     print(count_table(splits), flush=True)  # the CLI's users want these counts on screen
     if not splits["train"] or not splits["valid"]:
         raise ValueError("training needs both a train and a validation split")
 
-    prep = preprocessing_for(hp)
-    train_set = load_pixels(splits["train"], prep, settings=settings)
-    valid_set = load_pixels(splits["valid"], prep, settings=settings)
+    prep, stage = preprocessing_for(hp), face_stage_for(hp)
+    train_set = load_pixels(splits["train"], prep, settings=settings, face_stage=stage)
+    valid_set = load_pixels(splits["valid"], prep, settings=settings, face_stage=stage)
     for path, reason in train_set.failed + valid_set.failed:
-        print(f"skipped unreadable {path}: {reason}", flush=True)
+        print(f"skipped {path}: {reason}", flush=True)
     if len(set(train_set.labels.tolist())) < 2 or len(set(valid_set.labels.tolist())) < 2:
         raise ValueError("both labels must be present in the train and validation splits")
 

@@ -149,3 +149,75 @@ def test_shared_data_counts_match_its_readme() -> None:
     )
     grades = Counter(s.difficulty for s in samples if s.source == "ciplab" and s.label == 1)
     assert set(grades) == {"easy", "mid", "hard"} and sum(grades.values()) == 750
+
+
+def test_a_collection_of_trees_is_read_source_by_source(tmp_path: Path) -> None:
+    # Given a folder like ../shared/data-more: trees side by side, some with one label
+    rng = np.random.default_rng(3)
+    write_images(tmp_path / "both" / "real", 3, False, rng)
+    write_images(tmp_path / "both" / "fake", 2, True, rng)
+    write_images(tmp_path / "fakes_only" / "fake", 4, True, rng)
+    write_images(tmp_path / "reals_only" / "real", 5, False, rng)
+    # When it is read as one source
+    samples = read_source(str(tmp_path))
+    # Then each subfolder is a source with the labels it has
+    counts = Counter((s.source, s.label) for s in samples)
+    assert counts == {("both", 0): 3, ("both", 1): 2, ("fakes_only", 1): 4, ("reals_only", 0): 5}
+    assert read_tree(tmp_path / "fakes_only")[0].source == "fakes_only"
+    with pytest.raises(FileNotFoundError):
+        read_tree(tmp_path)
+
+
+def test_exclude_drops_a_source_or_only_its_fakes(tmp_path: Path) -> None:
+    from training.train import exclude
+
+    rng = np.random.default_rng(4)
+    write_images(tmp_path / "a" / "real", 3, False, rng)
+    write_images(tmp_path / "a" / "fake", 3, True, rng)
+    write_images(tmp_path / "b" / "fake", 2, True, rng)
+    samples = read_source(str(tmp_path))
+    assert Counter((s.source, s.label) for s in exclude(samples, "a:fake, b")) == {("a", 0): 3}
+    assert len(exclude(samples, "")) == len(samples)
+
+
+def test_face_crops_are_cached_and_faceless_images_reported(tmp_path: Path) -> None:
+    from deepscreen.faces import FaceStage
+    from training.data import NO_FACE_REASON
+
+    # Given generated images, which have no face
+    rng = np.random.default_rng(5)
+    write_images(tmp_path / "tree" / "real", 3, False, rng)
+    samples = read_tree(tmp_path / "tree")
+    cache = tmp_path / "cache"
+    prep = Preprocessing(height=64, width=64)
+    # When they are loaded through the face stage, twice
+    first = load_pixels(samples, prep, face_stage=FaceStage(), cache_dir=cache)
+    cached = sorted(cache.rglob("*.npy"))
+    second = load_pixels(samples, prep, face_stage=FaceStage(), cache_dir=cache)
+    # Then none is kept, each is reported as faceless, and the answer is cached
+    for loaded in (first, second):
+        assert len(loaded.samples) == 0
+        assert [reason for _, reason in loaded.failed] == [NO_FACE_REASON] * 3
+    assert len(cached) == 3 and sorted(cache.rglob("*.npy")) == cached
+    # A different face stage is a different cache
+    load_pixels(samples, prep, face_stage=FaceStage(margin=0.3), cache_dir=cache)
+    assert len(list(cache.rglob("*.npy"))) == 6
+
+
+@requires_shared
+def test_face_crops_of_shared_images_match_the_serving_crops(tmp_path: Path) -> None:
+    from deepscreen.faces import FaceDetector, FaceStage, face_inputs
+    from deepscreen.imaging import open_rgb
+
+    samples = read_source(str(SHARED_DATA))[::400]
+    prep = Preprocessing(height=96, width=96)
+    stage = FaceStage()
+    loaded = load_pixels(samples, prep, face_stage=stage, cache_dir=tmp_path)
+    again = load_pixels(samples, prep, face_stage=stage, cache_dir=tmp_path)
+    assert len(loaded.samples) >= len(samples) - 1
+    assert np.array_equal(loaded.pixels, again.pixels)
+    detector = FaceDetector(stage)
+    for sample, pixels in zip(loaded.samples, loaded.pixels, strict=True):
+        opened = open_rgb(sample.path.read_bytes(), draft_side=stage.decode_side)
+        crops, _ = face_inputs(opened.image, detector, 96)
+        assert np.array_equal(crops[0], pixels), sample.path

@@ -64,3 +64,25 @@ def test_threshold_at_fpr_keeps_clear_of_saturated_scores() -> None:
     assert t == pytest.approx((0.50008 + 0.7) / 2)
     # And a target that allows every real above it calls every image fake
     assert threshold_at_fpr(narrow, np.array([0, 0, 0, 1, 1, 1]), 1.0) < 0.1
+
+
+def test_threshold_for_sources_holds_on_every_real_source() -> None:
+    from training.evaluate import fpr_per_real_source, threshold_for_sources
+
+    # Given a large real source that scores low and a small one that scores higher
+    rng = np.random.default_rng(0)
+    big = rng.uniform(0.0, 0.5, 900)
+    small = rng.uniform(0.2, 0.9, 100)
+    fakes = rng.uniform(0.4, 1.0, 500)
+    scores = np.r_[big, small, fakes]
+    labels = np.r_[np.zeros(1000), np.ones(500)].astype(int)
+    sources = ["big"] * 900 + ["small"] * 100 + ["fake"] * 500
+    # When the threshold is chosen with every real source counted equally
+    t = threshold_for_sources(scores, labels, sources, 0.05)
+    rates = {k: v["fpr"] for k, v in fpr_per_real_source(scores, labels, sources, t).items()}
+    # Then no real source is flagged more than 2 points above the target, and their
+    # mean is within it, where a count-pooled threshold lets the small source slip
+    assert max(rates.values()) <= 0.07 and np.mean(list(rates.values())) <= 0.05
+    pooled = threshold_at_fpr(scores, labels, 0.05)
+    assert np.mean(small >= pooled) > 0.07
+    assert not np.any(np.abs(scores - t) < 1e-3)
