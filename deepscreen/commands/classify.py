@@ -3,7 +3,8 @@
 Folders are walked for image files by extension; files named explicitly are
 always tried. Unreadable or undecodable images are listed with their reason and
 do not change the exit status: only usage errors (a missing path, a bad model
-directory) do.
+directory) do. With a model that has a face stage, the table has the number of faces
+found, and an image without a face gets the label ``no_face`` with its reason.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Row:
     label: str | None
     model_version: str | None
     error: str | None
+    #: Faces found ({x0, y0, x1, y1, confidence, score}); None without a face stage.
+    faces: list[dict[str, Any]] | None = None
+    #: Why a decoded image got no score (label ``no_face``).
+    reason: str | None = None
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +89,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Classify ``args.paths`` and print the results; returns the exit status."""
     # Imported here so that `deepscreen --help` does not load LiteRT.
-    from deepscreen.inference import Classifier
+    from deepscreen.inference import NO_FACE, Classifier
 
     try:
         # LiteRT's own default is a single thread; a command-line run may use the machine.
@@ -106,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump([row.__dict__ for row in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print_table(rows, sys.stdout)
-        print(summary(rows, classifier.labels))
+        faces = classifier.face_stage is not None
+        print_table(rows, sys.stdout, faces=faces)
+        print(summary(rows, [*classifier.labels, *([NO_FACE] if faces else [])]))
     return 0
 
 
@@ -147,16 +153,27 @@ def classify_files(classifier: Classifier, files: list[Path]) -> list[Row]:
             rows[i] = Row(str(files[i]), None, None, None, f"{result.code}: {result}")
         else:
             rows[i] = Row(
-                str(files[i]), round(result.score, 6), result.label, result.model_version, None
+                str(files[i]),
+                None if result.score is None else round(result.score, 6),
+                result.label,
+                result.model_version,
+                None,
+                faces=None
+                if classifier.face_stage is None
+                else [face.to_json() for face in result.faces],
+                reason=result.reason,
             )
     return [row for row in rows if row is not None]
 
 
-def print_table(rows: list[Row], out: TextIO) -> None:
-    """An aligned table: file, score, label and, when anything failed, the reason."""
+def print_table(rows: list[Row], out: TextIO, *, faces: bool = False) -> None:
+    """An aligned table: file, score, label, the number of faces (``faces``: the model
+    has a face stage) and, when anything failed or had no face, the reason."""
     header = ["file", "score", "label"]
-    has_errors = any(row.error for row in rows)
-    if has_errors:
+    if faces:
+        header.append("faces")
+    has_reasons = any(row.error or row.reason for row in rows)
+    if has_reasons:
         header.append("reason")
     table = [header]
     for row in rows:
@@ -165,20 +182,23 @@ def print_table(rows: list[Row], out: TextIO) -> None:
             f"{row.score:.4f}" if row.score is not None else "-",
             row.label or "-",
         ]
-        if has_errors:
-            cells.append(row.error or "")
+        if faces:
+            cells.append("-" if row.faces is None else str(len(row.faces)))
+        if has_reasons:
+            cells.append(row.error or row.reason or "")
         table.append(cells)
+    numeric = {1, 3} if faces else {1}
     widths = [max(len(r[c]) for r in table) for c in range(len(header))]
     for cells in table:
         line = "  ".join(
-            cell.rjust(w) if c == 1 else cell.ljust(w)
+            cell.rjust(w) if c in numeric else cell.ljust(w)
             for c, (cell, w) in enumerate(zip(cells, widths, strict=True))
         )
         out.write(line.rstrip() + "\n")
 
 
 def summary(rows: list[Row], labels: list[str]) -> str:
-    """E.g. ``3 images: 1 real, 1 fake, 1 failed``."""
+    """E.g. ``3 images: 1 real, 1 fake, 1 failed`` (``labels`` may include ``no_face``)."""
     counts = Counter(row.label for row in rows if row.label is not None)
     failed = sum(1 for row in rows if row.error)
     parts = [f"{counts.get(label, 0)} {label}" for label in labels]

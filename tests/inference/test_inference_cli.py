@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from model_variants import model_variant
 from PIL import Image
 
 from deepscreen.cli import main
+from deepscreen.faces import FaceStage
+from deepscreen.inference import NO_FACE
 
 
 @pytest.fixture
@@ -98,7 +101,7 @@ def test_json_output(capsys, folder, classifier):
         "c.WEBP",
     ]
     for item in results:
-        assert set(item) == {"path", "score", "label", "model_version", "error"}
+        assert set(item) == {"path", "score", "label", "model_version", "error", "faces", "reason"}
         if item["path"].endswith("broken.jpg"):
             assert item["score"] is None and item["label"] is None
             assert item["error"].startswith("undecodable")
@@ -150,3 +153,43 @@ def test_bad_model_dir_is_a_usage_error(capsys, folder, tmp_path):
 
     assert status == 2
     assert "model" in capsys.readouterr().err
+
+
+@pytest.fixture
+def face_model(tmp_path: Path) -> Path:
+    """The packaged network behind a face stage."""
+    return model_variant(tmp_path / "face-model", pad=80, face_stage=FaceStage())
+
+
+def test_a_face_model_shows_no_face_and_the_number_of_faces(capsys, folder, face_model):
+    # Given generated images (no face in any) and a model with a face stage
+    # When the folder is classified
+    status = main(["classify", str(folder), "--model", str(face_model), "--threads", "1"])
+
+    # Then each decoded image is no_face with 0 faces and its reason; the corrupt one failed
+    out = capsys.readouterr().out
+    assert status == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["file", "score", "label", "faces", "reason"]
+    rows = table_rows(out)
+    assert len(rows) == 4
+    for path, cells in rows.items():
+        if path.endswith("broken.jpg"):
+            assert cells[1:4] == ["-", "-", "-"] and cells[4].startswith("undecodable")
+        else:
+            assert cells[1:4] == ["-", NO_FACE, "0"]
+            assert " ".join(cells[4:]).startswith("no face of at least")
+    assert lines[-1].endswith("3 no_face, 1 failed")
+
+
+def test_a_face_model_json_has_the_faces_and_the_reason(capsys, tmp_path, face_model, encode):
+    # Given a flat grey image
+    (tmp_path / "flat.png").write_bytes(encode(Image.new("RGB", (80, 80), (120, 120, 120)), "PNG"))
+
+    status = main(["classify", str(tmp_path), "--model", str(face_model), "--json"])
+
+    # Then its result is no_face: no score, an empty face list and the reason
+    [item] = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert (item["label"], item["score"], item["faces"], item["error"]) == (NO_FACE, None, [], None)
+    assert item["reason"].startswith("no face of at least")
