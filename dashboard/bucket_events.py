@@ -4,7 +4,10 @@ Both parsers turn a decoded JSON body into one `Created` per object that now exi
 or one `Ignored` (with a reason) per event that is not about a new object: deletes,
 directories, SeaweedFS's own bookkeeping. A body that is not in the format raises
 `MalformedEvent`: the sender is misconfigured, and nothing of the body is used.
-`out_of_scope` then applies the settings (image suffixes, bucket/prefix pairs).
+`out_of_scope` then applies the settings (allowed buckets, image suffixes, bucket/prefix
+pairs). A bucket is only ever a plain S3 bucket name from ``settings.allowed_event_buckets``:
+the worker and the image proxy open whatever an image's bucket names, so a name such as
+``file:///srv`` must never reach the database.
 
 The etag of a `Created` is the one an S3 listing of the object reports, so a later
 scan of the same object finds (bucket, key, etag) registered and skips it.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from deepscreen.config import Settings
+from deepscreen.config import Settings, is_s3_bucket_name
 from deepscreen.storage import match_suffix
 
 #: Where SeaweedFS's S3 gateway keeps buckets in the filer (its default).
@@ -94,6 +97,8 @@ def _s3_record(record: Any, index: int) -> Event:
         return Ignored("not a create")
     s3 = _object(record.get("s3"), f"{where}.s3")
     bucket = _text(_object(s3.get("bucket"), f"{where}.s3.bucket").get("name"), "bucket name")
+    if not is_s3_bucket_name(bucket):  # e.g. "file:///srv": a location, never a bucket
+        raise MalformedEvent(f"{where}.s3.bucket.name is not an S3 bucket name")
     obj = _object(s3.get("object"), f"{where}.s3.object")
     key = _text(unquote_plus(_text(obj.get("key"), f"{where}.s3.object.key")), "object key")
     etag = _text(obj.get("eTag"), f"{where}.s3.object.eTag").strip('"')
@@ -126,6 +131,8 @@ def parse_seaweedfs(payload: Any) -> list[Event]:
     bucket, _, key = path.removeprefix(SEAWEEDFS_BUCKETS).partition("/")
     if not bucket or bucket.startswith(".") or not key:
         return [Ignored("not an object")]  # /buckets/.system/..., the bucket folder itself
+    if not is_s3_bucket_name(bucket):
+        return [Ignored("not an S3 bucket name")]
     parts = key.split("/")
     if parts[0] == SEAWEEDFS_UPLOADS:
         return [Ignored("multipart upload part")]
@@ -171,6 +178,8 @@ def seaweedfs_etag(entry: dict[str, Any]) -> str:
 
 def out_of_scope(obj: Created, settings: Settings) -> str | None:
     """Why ``obj`` is not for us (a reason), or None when it should be registered."""
+    if obj.bucket not in settings.allowed_event_buckets:
+        return "bucket not allowed"
     if obj.key.endswith("/"):
         return "directory"
     if obj.key.split("/", 1)[0] == SEAWEEDFS_UPLOADS:

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -421,8 +422,19 @@ class Settings:
         metadata=_var(
             "EVENTS_PREFIXES",
             "Comma-separated `bucket/prefix` pairs whose object-created events are accepted "
-            "(e.g. `images/incoming/`); empty accepts any bucket and prefix.",
-            default_doc="empty (any)",
+            "(e.g. `images/incoming/`); empty accepts any key in `DEEPSCREEN_EVENTS_BUCKETS`.",
+            default_doc="empty (any key)",
+        ),
+    )
+    events_buckets: tuple[str, ...] = field(
+        default=(),
+        metadata=_var(
+            "EVENTS_BUCKETS",
+            "Comma-separated S3 bucket names whose object-created events are accepted; an "
+            "event naming any other bucket, or something that is not an S3 bucket name "
+            "(such as a `file://` URL), registers nothing.",
+            default_doc="empty: the buckets of `EVENTS_PREFIXES`, `SCAN_URLS` and "
+            "`SUBMISSION_URL` (none configured: no bucket)",
         ),
     )
     submission_url: str = field(
@@ -579,6 +591,12 @@ class Settings:
             raise ConfigError(
                 f"{_env_name('review_audit_rate')}={self.review_audit_rate} must be at most 1"
             )
+        bad_buckets = [b for b in self.events_buckets if not is_s3_bucket_name(b)]
+        if bad_buckets:
+            raise ConfigError(
+                f"{_env_name('events_buckets')}: {', '.join(map(repr, bad_buckets))} "
+                "is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"
+            )
         if self.reconcile_after <= self.task_time_limit:
             raise ConfigError(
                 f"{_env_name('reconcile_after')}={self.reconcile_after} must be greater than "
@@ -609,6 +627,17 @@ class Settings:
         return cls(**values)
 
     @property
+    def allowed_event_buckets(self) -> frozenset[str]:
+        """The buckets bucket events may name: `events_buckets`, else the configured ones."""
+        if self.events_buckets:
+            return frozenset(self.events_buckets)
+        buckets = {value.strip().lstrip("/").partition("/")[0] for value in self.events_prefixes}
+        for url in (*self.scan_urls, self.submission_url):
+            if url.startswith("s3://"):
+                buckets.add(url.removeprefix("s3://").partition("/")[0])
+        return frozenset(b for b in buckets if is_s3_bucket_name(b))
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
@@ -630,6 +659,22 @@ class Settings:
                 "store_processed": False,
             }
         return {"visibility_timeout": self.broker_visibility_timeout}
+
+
+#: S3's bucket naming rules: 3-63 characters of a-z, 0-9, "." and "-", starting and
+#: ending with a letter or digit (no "..", no IP address). Checked wherever an outside
+#: party names a bucket, so that a name can never be a ``file://`` URL or a path.
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def is_s3_bucket_name(name: str) -> bool:
+    """Whether ``name`` follows S3's bucket naming rules."""
+    return (
+        _S3_BUCKET.fullmatch(name) is not None
+        and ".." not in name
+        and _IPV4.fullmatch(name) is None
+    )
 
 
 def configuration_markdown() -> str:

@@ -91,6 +91,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_WEBHOOK_RETRY_SCHEDULE": "1, 2.5,60",
         "DEEPSCREEN_EVENTS_SECRET": "shh",
         "DEEPSCREEN_EVENTS_PREFIXES": "images/incoming/",
+        "DEEPSCREEN_EVENTS_BUCKETS": "images,uploads.example-2",
         "DEEPSCREEN_SUBMISSION_URL": "s3://images/api/",
         "DEEPSCREEN_SUBMISSION_MAX_BYTES": "1000",
         "DEEPSCREEN_MODEL_REGISTRY_URL": "s3://models/",
@@ -118,6 +119,27 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.broker_transport_options == {"visibility_timeout": 7200}
     assert settings.webhook_retry_schedule == (1.0, 2.5, 60.0)
     assert not settings.is_sqlite
+
+
+def test_event_buckets_default_to_the_configured_buckets() -> None:
+    settings = Settings(
+        events_prefixes=("images/incoming/", "other"),
+        scan_urls=("s3://scanned/in/", "file:///srv/photos"),
+        submission_url="s3://api-uploads/x/",
+    )
+    assert settings.allowed_event_buckets == {"images", "other", "scanned", "api-uploads"}
+    # A folder is never a bucket, and nothing configured allows no bucket at all
+    assert Settings(scan_urls=("file:///srv/photos",)).allowed_event_buckets == frozenset()
+    explicit = Settings(events_buckets=("a-bucket",), events_prefixes=("images/",))
+    assert explicit.allowed_event_buckets == {"a-bucket"}
+
+
+@pytest.mark.parametrize(
+    "name", ["file:///etc", "/etc", "Images", "a", "a..b", "-ab", "ab-", "192.168.0.1", "a/b"]
+)
+def test_an_events_bucket_that_is_not_an_s3_bucket_name_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="DEEPSCREEN_EVENTS_BUCKETS"):
+        Settings(events_buckets=(name,))
 
 
 @pytest.mark.parametrize(

@@ -266,6 +266,64 @@ def test_deletes_folders_parts_and_objects_out_of_scope_are_ignored(
     assert [(i.bucket, i.key) for i in images(dbs)] == [("other", "anywhere/at/all.webp")]
 
 
+@pytest.mark.parametrize(
+    "bucket", ["file:///srv/private", "file:", "/srv/private", "..", "Images", "images/../x"]
+)
+def test_an_event_naming_a_location_instead_of_a_bucket_registers_nothing(
+    tmp_path: Path, dbs: Session, bucket: str
+) -> None:
+    # Given events on with no prefix restriction, and a private folder on the server
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "secret.jpg").write_bytes(b"not for moderators")
+    settings = make_settings(tmp_path, events_secret=SECRET)  # the fixture's database
+    client = create_app(settings, TESTING=True).test_client()
+    # When a sender with the secret names the folder (or any non-bucket) as the bucket
+    body = s3_body(s3_record(bucket.replace("/srv/private", str(private)), "secret.jpg"))
+    response = post(client, "s3", body)
+    # Then the body is refused and nothing reaches the database or the queue
+    assert response.status_code == 400 and response.is_json, response.text
+    assert "bucket" in response.json["error"]
+    assert images(dbs) == [] and queued(settings) == []
+
+
+def test_only_the_allowed_buckets_are_registered(tmp_path: Path, dbs: Session) -> None:
+    # Given DEEPSCREEN_EVENTS_BUCKETS=images and no prefixes
+    settings = make_settings(
+        tmp_path,
+        events_secret=SECRET,
+        events_buckets=("images",),
+    )
+    client = create_app(settings, TESTING=True).test_client()
+    body = s3_body(s3_record("images", "any/a.jpg"), s3_record("elsewhere", "any/b.jpg"))
+    # Then only the allowed bucket's object is registered
+    assert counts(post(client, "s3", body))["registered"] == 1
+    assert [(i.bucket, i.key) for i in images(dbs)] == [("images", "any/a.jpg")]
+
+
+def test_by_default_the_allowed_buckets_are_the_configured_ones(
+    tmp_path: Path, dbs: Session
+) -> None:
+    # Given the scanned bucket and no events setting but the secret
+    settings = make_settings(
+        tmp_path,
+        events_secret=SECRET,
+        scan_urls=("s3://scanned/in/",),
+    )
+    client = create_app(settings, TESTING=True).test_client()
+    body = s3_body(s3_record("scanned", "in/a.jpg"), s3_record("unknown", "in/b.jpg"))
+    assert counts(post(client, "s3", body)) == {
+        "registered": 1,
+        "duplicate": 0,
+        "ignored": 1,
+        "tasks": 1,
+    }
+    # And SeaweedFS paths whose bucket part is not a bucket name are ignored as well
+    event = weed_event("/buckets/file:/srv/a.jpg", weed_entry("a.jpg", b"x"))
+    assert counts(post(client, "seaweedfs", event))["ignored"] == 1
+    assert [(i.bucket, i.key) for i in images(dbs)] == [("scanned", "in/a.jpg")]
+
+
 # -------------------------------------------------------------- SeaweedFS
 
 
@@ -511,6 +569,7 @@ def test_a_database_outage_is_a_503_so_the_sender_retries(tmp_path: Path) -> Non
     settings = make_settings(
         tmp_path,
         events_secret=SECRET,
+        events_prefixes=PREFIXES,
         database_url=f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}",
     )
     client = create_app(settings, TESTING=True).test_client()
@@ -525,6 +584,7 @@ def test_a_broker_outage_keeps_the_image_registered_for_the_reconciler(
     down = make_settings(
         tmp_path,
         events_secret=SECRET,
+        events_prefixes=PREFIXES,
         database_url=settings.database_url,
         broker_url="redis://127.0.0.1:9/0",
     )
