@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -88,3 +88,32 @@ def write_images(
         synthetic_face(rng, fake).save(p)
         paths.append(p)
     return paths
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def no_face_images() -> dict[str, bytes]:
+    """Generated images without a face, by file name: noise, a flat colour, a gradient,
+    one pixel, and a landscape drawn with Pillow (a face stage must find none)."""
+    rng = np.random.default_rng(12)
+    gradient = np.zeros((180, 240, 3), np.uint8)
+    gradient[..., 0] = np.linspace(0, 255, 240, dtype=np.uint8)[None, :]
+    gradient[..., 2] = np.linspace(255, 0, 180, dtype=np.uint8)[:, None]
+    landscape = Image.new("RGB", (320, 200), (135, 190, 235))
+    draw = ImageDraw.Draw(landscape)
+    draw.polygon([(0, 200), (90, 70), (180, 200)], fill=(90, 100, 110))
+    draw.rectangle((0, 150, 320, 200), fill=(60, 140, 60))
+    draw.ellipse((250, 20, 290, 60), fill=(250, 220, 80))
+    buf = io.BytesIO()
+    landscape.save(buf, "JPEG")
+    return {
+        "noise.png": _png(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
+        "flat.png": _png(np.full((160, 160, 3), (200, 40, 90), np.uint8)),
+        "gradient.png": _png(gradient),
+        "pixel.png": _png(np.zeros((1, 1, 3), np.uint8)),
+        "landscape.jpg": buf.getvalue(),
+    }

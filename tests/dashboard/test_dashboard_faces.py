@@ -5,20 +5,17 @@ the stats page, and the face boxes drawn on the item page."""
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 from dashboard_helpers import Seeded
 from flask import Flask
 from flask.testing import FlaskClient
 from model_variants import model_variant
-from PIL import Image as PILImage
-from sample_images import SHARED_DATA, shared_images
+from sample_images import SHARED_DATA, no_face_images, shared_images
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_dashboard_api import Api, issue
@@ -41,18 +38,9 @@ requires_shared = pytest.mark.skipif(
 Classify = Callable[..., dict[str, int]]
 
 
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def no_face_files() -> dict[str, bytes]:
-    rng = np.random.default_rng(3)
-    return {
-        "noise.png": png(rng.integers(0, 256, (120, 180, 3), dtype=np.uint8)),
-        "flat.png": png(np.full((100, 100, 3), 90, np.uint8)),
-    }
+    files = no_face_images()
+    return {key: files[key] for key in ("noise.png", "flat.png")}
 
 
 @pytest.fixture(scope="module")

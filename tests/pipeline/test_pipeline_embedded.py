@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from model_variants import model_variant
 from pipeline_helpers import clean_env, deepscreen
 from sqlalchemy import Engine, select
 
@@ -15,6 +16,7 @@ from deepscreen.config import Settings
 from deepscreen.db import migrate
 from deepscreen.db.models import Image, ImageStatus, Prediction
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
+from deepscreen.faces import FaceStage
 from deepscreen.storage import LocalStore
 
 Images = Callable[[int], dict[str, bytes]]
@@ -115,3 +117,35 @@ def test_run_refuses_a_missing_folder(tmp_path: Path, env: dict[str, str]) -> No
     proc = deepscreen("run", str(tmp_path / "nowhere"), env=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert "no such folder" in proc.stderr
+
+
+def test_run_with_a_face_model_reports_no_face_images_as_done(
+    tmp_path: Path, settings: Settings, engine: Engine
+) -> None:
+    # Given a folder of four generated images without a face, a corrupt file, and a model
+    # with a face stage as DEEPSCREEN_MODEL_DIR
+    from sample_images import CORRUPT_FILES, no_face_images
+
+    folder = tmp_path / "no-faces"
+    folder.mkdir()
+    files = {**no_face_images(), "corrupt.jpg": CORRUPT_FILES["corrupt.jpg"]}
+    del files["pixel.png"]
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    model = model_variant(tmp_path / "face-model", pad=96, face_stage=FaceStage())
+    env = clean_env(data_dir=settings.data_dir, inference_threads=1, model_dir=model)
+    # When the folder is run
+    run = deepscreen("run", str(folder), env=env, cwd=tmp_path)
+    # Then the four are done with no_face and 0 faces, and the summary counts them
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "5 images: 4 done (0 real, 0 fake, 4 no_face), 1 failed" in run.stdout, run.stdout
+    lines = [line.split() for line in run.stdout.splitlines()]
+    rows = {cells[0]: cells for cells in lines if cells and cells[0] in files}
+    del rows["corrupt.jpg"]
+    assert len(rows) == 4
+    assert {tuple(cells[1:5]) for cells in rows.values()} == {("done", "-", "no_face", "0")}
+    assert all(" ".join(cells[5:]).startswith("no face of at least") for cells in rows.values())
+    # And the database has their no_face predictions, with no score
+    images, predictions = results(engine)
+    assert sum(i.status is ImageStatus.DONE for i in images) == 4
+    assert [(p.label, p.score, p.faces) for p in predictions] == [("no_face", None, [])] * 4

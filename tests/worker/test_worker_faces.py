@@ -5,18 +5,14 @@ face stage prepares its own inputs. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 from model_variants import model_variant
-from PIL import Image as PILImage
-from PIL import ImageDraw
-from sample_images import CORRUPT_FILES, SHARED_DATA, shared_images
+from sample_images import CORRUPT_FILES, SHARED_DATA, no_face_images, shared_images
 from sqlalchemy import delete, select, update
 from worker_helpers import register
 
@@ -36,35 +32,6 @@ requires_shared = pytest.mark.skipif(
     not (SHARED_DATA / "MANIFEST.csv").is_file(),
     reason=f"../shared/data is absent ({SHARED_DATA}): no real face photos to detect",
 )
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def no_face_images() -> dict[str, bytes]:
-    """Generated images without a face: noise, a flat colour, a gradient, 1x1 pixel,
-    and a landscape drawn with Pillow."""
-    rng = np.random.default_rng(12)
-    gradient = np.zeros((180, 240, 3), np.uint8)
-    gradient[..., 0] = np.linspace(0, 255, 240, dtype=np.uint8)[None, :]
-    gradient[..., 2] = np.linspace(255, 0, 180, dtype=np.uint8)[:, None]
-    landscape = PILImage.new("RGB", (320, 200), (135, 190, 235))
-    draw = ImageDraw.Draw(landscape)
-    draw.polygon([(0, 200), (90, 70), (180, 200)], fill=(90, 100, 110))
-    draw.rectangle((0, 150, 320, 200), fill=(60, 140, 60))
-    draw.ellipse((250, 20, 290, 60), fill=(250, 220, 80))
-    buf = io.BytesIO()
-    landscape.save(buf, "JPEG")
-    return {
-        "noise.png": png(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
-        "flat.png": png(np.full((160, 160, 3), (200, 40, 90), np.uint8)),
-        "gradient.png": png(gradient),
-        "pixel.png": png(np.zeros((1, 1, 3), np.uint8)),
-        "landscape.jpg": buf.getvalue(),
-    }
 
 
 @pytest.fixture(scope="module")
