@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -98,7 +98,8 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def no_face_images() -> dict[str, bytes]:
     """Generated images without a face, by file name: noise, a flat colour, a gradient,
-    one pixel, and a landscape drawn with Pillow (a face stage must find none)."""
+    one pixel, rendered text and a landscape drawn with Pillow (a face stage must find
+    none)."""
     rng = np.random.default_rng(12)
     gradient = np.zeros((180, 240, 3), np.uint8)
     gradient[..., 0] = np.linspace(0, 255, 240, dtype=np.uint8)[None, :]
@@ -110,7 +111,13 @@ def no_face_images() -> dict[str, bytes]:
     draw.ellipse((250, 20, 290, 60), fill=(250, 220, 80))
     buf = io.BytesIO()
     landscape.save(buf, "JPEG")
+    text = Image.new("RGB", (400, 160), (255, 255, 255))
+    draw = ImageDraw.Draw(text)
+    font = ImageFont.load_default(size=40)
+    draw.text((10, 20), "Hello, deepscreen", fill=(0, 0, 0), font=font)
+    draw.text((10, 90), "0123456789 OK", fill=(20, 20, 120), font=font)
     return {
+        "text.png": _png(np.asarray(text)),
         "noise.png": _png(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
         "flat.png": _png(np.full((160, 160, 3), (200, 40, 90), np.uint8)),
         "gradient.png": _png(gradient),

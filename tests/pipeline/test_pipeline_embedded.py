@@ -122,7 +122,7 @@ def test_run_refuses_a_missing_folder(tmp_path: Path, env: dict[str, str]) -> No
 def test_run_with_a_face_model_reports_no_face_images_as_done(
     tmp_path: Path, settings: Settings, engine: Engine
 ) -> None:
-    # Given a folder of four generated images without a face, a corrupt file, and a model
+    # Given a folder of five generated images without a face, a corrupt file, and a model
     # with a face stage as DEEPSCREEN_MODEL_DIR
     from sample_images import CORRUPT_FILES, no_face_images
 
@@ -136,16 +136,16 @@ def test_run_with_a_face_model_reports_no_face_images_as_done(
     env = clean_env(data_dir=settings.data_dir, inference_threads=1, model_dir=model)
     # When the folder is run
     run = deepscreen("run", str(folder), env=env, cwd=tmp_path)
-    # Then the four are done with no_face and 0 faces, and the summary counts them
+    # Then the five are done with no_face and 0 faces, and the summary counts them
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "5 images: 4 done (0 real, 0 fake, 4 no_face), 1 failed" in run.stdout, run.stdout
+    assert "6 images: 5 done (0 real, 0 fake, 5 no_face), 1 failed" in run.stdout, run.stdout
     lines = [line.split() for line in run.stdout.splitlines()]
     rows = {cells[0]: cells for cells in lines if cells and cells[0] in files}
     del rows["corrupt.jpg"]
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert {tuple(cells[1:5]) for cells in rows.values()} == {("done", "-", "no_face", "0")}
     assert all(" ".join(cells[5:]).startswith("no face of at least") for cells in rows.values())
     # And the database has their no_face predictions, with no score
     images, predictions = results(engine)
-    assert sum(i.status is ImageStatus.DONE for i in images) == 4
-    assert [(p.label, p.score, p.faces) for p in predictions] == [("no_face", None, [])] * 4
+    assert sum(i.status is ImageStatus.DONE for i in images) == 5
+    assert [(p.label, p.score, p.faces) for p in predictions] == [("no_face", None, [])] * 5

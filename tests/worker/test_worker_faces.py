@@ -87,15 +87,15 @@ def write(folder: Path, files: dict[str, bytes]) -> None:
 def test_images_without_a_face_are_done_with_a_no_face_verdict(
     face_runtime: Runtime, folder: Path
 ) -> None:
-    # Given five generated images without a face and three corrupt files
+    # Given six generated images without a face and three corrupt files
     write(folder, {**no_face_images(), **CORRUPT_FILES})
     ids = register(face_runtime, folder)
     # When one batch classifies them with a model that has a face stage
     outcome = classify_batch(ids, runtime=face_runtime)
-    # Then the five are done, not failed; the corrupt files still fail with a reason
+    # Then the six are done, not failed; the corrupt files still fail with a reason
     rows = stored(face_runtime, ids)
     assert sorted(rows) == sorted(no_face_images())
-    assert len(outcome.classified) == 5 and len(outcome.failed) == 3
+    assert len(outcome.classified) == 6 and len(outcome.failed) == 3
     assert all(r.startswith("undecodable: ") for r in outcome.failed.values())
     for key, (image, prediction, verdict) in rows.items():
         assert image.status is ImageStatus.DONE, key
@@ -142,7 +142,7 @@ def test_no_face_verdicts_follow_the_queue_policy(
     runtime.close()
     # Then every no_face verdict is queued (or not) as the policy says
     rows = stored(face_runtime, ids)
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert {(v.state, v.reason) for _, _, v in rows.values()} == {(state, reason)}
 
 
@@ -297,7 +297,7 @@ def test_a_shadow_with_the_same_face_stage_reuses_the_active_inputs(
             verdict_versions = set(
                 session.scalars(select(Verdict.model_version_id).where(Verdict.image_id.in_(ids)))
             )
-        assert len(shadow_rows) == 5
+        assert len(shadow_rows) == len(ids) == 6
         assert {(p.label, p.score, p.threshold) for p in shadow_rows} == {(NO_FACE, None, 0.4)}
         assert shadow_id not in verdict_versions
     finally:
