@@ -13,6 +13,7 @@ caller's transaction and sent to the workers after it commits (`outbox`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -135,11 +136,13 @@ def apply_bulk(
     filters: VerdictFilter,
     action: Action,
     *,
+    ids: Sequence[int],
     user: User,
     label: str | None,
     now: datetime,
 ) -> int:
-    """Apply ``action`` to every verdict the filters select; returns how many.
+    """Apply ``action`` to the verdicts ``ids`` (the selection the moderator confirmed)
+    that the filters still select; returns how many.
 
     Each item gets its own review row (its history stays complete); one audit event
     for the whole selection is written by the caller.
@@ -147,27 +150,24 @@ def apply_bulk(
     if action not in BULK_ACTIONS:
         raise InvalidDecision(f"{action.value} is not a bulk action")
     done = 0
-    last_id = 0
-    while True:
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), BULK_CHUNK):
         stmt = (
             filters.apply(select(Verdict))
-            .where(Verdict.id > last_id)
+            .where(Verdict.id.in_(ordered[start : start + BULK_CHUNK]))
             .order_by(Verdict.id)
-            .limit(BULK_CHUNK)
             .with_for_update()
             # Event payloads name each image's bucket and key: one query per chunk.
             .options(selectinload(Verdict.image))
         )
         chunk = list(session.scalars(stmt))
-        if not chunk:
-            return done
         for verdict in chunk:
             apply(
                 session, verdict, action, user=user, label=label, note=None, now=now, audited=False
             )
         done += len(chunk)
-        last_id = chunk[-1].id
         session.flush()
+    return done
 
 
 def _announce(

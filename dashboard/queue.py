@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -140,6 +141,21 @@ def page(
 def count(session: Session, filters: VerdictFilter) -> int:
     stmt = filters.apply(select(func.count()).select_from(Verdict))
     return int(session.scalar(stmt) or 0)
+
+
+def selected_ids(session: Session, filters: VerdictFilter, *, lock: bool = False) -> list[int]:
+    """The verdict ids the filters select, ascending; ``lock`` holds the rows (FOR UPDATE)
+    until the transaction ends, so none is decided elsewhere meanwhile."""
+    stmt = filters.apply(select(Verdict.id)).order_by(Verdict.id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return list(session.scalars(stmt))
+
+
+def selection_digest(ids: list[int]) -> str:
+    """A fingerprint of exactly these verdict ids: a bulk confirmation carries the one of
+    the selection it showed, and any change (same count or not) gives another."""
+    return hashlib.sha256(",".join(map(str, ids)).encode("ascii")).hexdigest()
 
 
 def neighbour(

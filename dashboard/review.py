@@ -200,8 +200,8 @@ def release(image_id: int) -> Any:
 @bp.route("/bulk", methods=["POST"])
 @login_required(Role.MODERATOR)
 def bulk() -> Any:
-    """Step 1 shows the count and asks; step 2 (``confirm_count`` sent) applies the
-    action if the selection still has exactly that many items."""
+    """Step 1 shows the count and asks; step 2 (``confirm_selection`` sent) applies the
+    action if the selection is still exactly the items shown (same verdict ids)."""
     filters, errors = VerdictFilter.from_args(request.form, default_state=ReviewState.OPEN.value)
     if errors:
         abort(400, description="; ".join(errors))
@@ -214,24 +214,30 @@ def bulk() -> Any:
     # ``new_label``, not ``label``: that name is the final-label filter of the selection.
     label = request.form.get("new_label") or None
     dbs = db.session()
-    total = queue.count(dbs, filters)
-    confirmed = request.form.get("confirm_count", type=int)
-    if confirmed is None or confirmed != total:
+    confirmed = request.form.get("confirm_selection")
+    # Confirming locks the rows, so what was checked is what gets decided.
+    selected = queue.selected_ids(dbs, filters, lock=confirmed is not None)
+    total = len(selected)
+    selection = queue.selection_digest(selected)
+    if confirmed != selection:  # a fingerprint, not a secret: a plain comparison
         if confirmed is not None:
             flash(f"The selection changed: it now has {total} items.", "warning")
         return render_template(
             "review/bulk_confirm.html",
             total=total,
+            selection=selection,
             action=action.value,
             label=label,
             args=filters.to_args(),
         )
-    done = decisions.apply_bulk(dbs, filters, action, user=g.user, label=label, now=utcnow())
+    done = decisions.apply_bulk(
+        dbs, filters, action, ids=selected, user=g.user, label=label, now=utcnow()
+    )
     audit.record(
         f"bulk.{action.value}",
         target_type="selection",
         target_id=done,
-        before={"filters": filters.to_args(), "count": total},
+        before={"filters": filters.to_args(), "count": total, "selection": selection},
         after={"label": label, "applied": done},
     )
     dbs.commit()

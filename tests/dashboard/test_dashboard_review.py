@@ -179,11 +179,11 @@ def test_bulk_actions_name_the_count_and_refuse_a_changed_selection(
     # Step 1: the confirmation names the count
     ask = moderator.post("/bulk", data={**form, "new_label": "real"})
     assert ask.status_code == 200 and "3 items?" in ask.text
-    # A stale count is refused and asked again
-    stale = moderator.post("/bulk", data={**form, "new_label": "real", "confirm_count": "2"})
+    # A stale or forged selection is refused and asked again
+    stale = moderator.post("/bulk", data={**form, "new_label": "real", "confirm_selection": "3"})
     assert "The selection changed: it now has 3 items." in stale.text
     # Step 2: applied to exactly those
-    done = moderator.post("/bulk", data={**form, "new_label": "real", "confirm_count": "3"})
+    done = moderator.post("/bulk", data=confirmation_form(ask.text))
     assert done.status_code == 302
     assert {verdict(dbs, i).final_label for i in ids[:3]} == {"real"}
     assert verdict(dbs, ids[3]).state is ReviewState.OPEN
@@ -195,6 +195,34 @@ def test_bulk_actions_name_the_count_and_refuse_a_changed_selection(
     assert (
         viewer.post("/bulk", data={**form, "csrf_token": token_of(viewer, "/")}).status_code == 403
     )
+
+
+def confirmation_form(html: str) -> dict[str, str]:
+    """The hidden fields of the bulk confirmation page, as the browser sends them."""
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html))
+
+
+def test_a_bulk_confirmation_applies_to_the_items_shown_only(
+    seed: Seed, moderator: FlaskClient, dbs: Session
+) -> None:
+    # Given a preview of 3 fakes to override
+    ids = seed([0.91, 0.92, 0.93]).image_ids
+    form = {"csrf_token": token_of(moderator, "/"), "state": "open", "score_min": "0.9"}
+    ask = moderator.post("/bulk", data={**form, "action": "override", "new_label": "real"})
+    assert "3 items?" in ask.text
+    # When one of them is decided and a new one arrives before the confirmation (same count)
+    assert decide(moderator, ids[0], "confirm").status_code == 302
+    [newcomer] = seed([0.95]).image_ids
+    confirm = moderator.post("/bulk", data=confirmation_form(ask.text))
+    # Then nothing is applied and the admin is asked again about the new selection
+    assert confirm.status_code == 200, confirm.status_code
+    assert "The selection changed" in confirm.text
+    assert {verdict(dbs, i).state for i in (ids[1], ids[2], newcomer)} == {ReviewState.OPEN}
+    # And confirming the new preview applies to exactly what it showed
+    done = moderator.post("/bulk", data=confirmation_form(confirm.text))
+    assert done.status_code == 302
+    assert {verdict(dbs, i).final_label for i in (ids[1], ids[2], newcomer)} == {"real"}
+    assert verdict(dbs, ids[0]).final_label == "fake"
 
 
 def test_the_image_is_proxied_to_logged_in_users_only(

@@ -5,6 +5,7 @@ endpoints that want them and sent to the broker by task name after the commit.""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -145,7 +146,9 @@ def test_a_bulk_override_emits_per_item_and_nothing_without_subscribers(
     decide(moderator, ids[3], "confirm")
     assert events(dbs) == []
     endpoint(dbs, ["verdict.changed"])
-    done = moderator.post("/bulk", data={**form, "new_label": "real", "confirm_count": "3"})
+    ask = moderator.post("/bulk", data={**form, "new_label": "real"})
+    confirm = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', ask.text))
+    done = moderator.post("/bulk", data=confirm)
     assert done.status_code == 302
     emitted = events(dbs)
     assert [t for t, _, _ in emitted] == ["verdict.changed"] * 3
