@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from deepscreen.config import Settings
 from deepscreen.db import metadata, migrate
@@ -89,3 +89,77 @@ def test_sqlite_data_dir_is_created(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "new" / "dir")
     migrate.upgrade(settings)
     assert (tmp_path / "new" / "dir" / "deepscreen.sqlite3").is_file()
+
+
+def test_no_face_rows_survive_upgrade_and_are_dropped_by_the_downgrade(
+    empty_settings: Settings,
+) -> None:
+    from deepscreen.db.base import utcnow
+    from deepscreen.db.models import Image, ImageSource, ModelVersion, Prediction
+    from deepscreen.db.moderation import ReviewReason, ReviewState, Verdict
+    from deepscreen.db.session import make_engine, make_session_factory, session_scope
+
+    # Given a migrated database with one scored and one no_face verdict (faces, reason)
+    migrate.upgrade(empty_settings)
+    engine = make_engine(empty_settings)
+    factory = make_session_factory(engine)
+    now = utcnow()
+    with session_scope(factory) as session:
+        model = ModelVersion(sha256="cd" * 32, name="m", location="x", card={})
+        session.add(model)
+        for key, score, label in (("a.png", 0.9, "fake"), ("b.png", None, "no_face")):
+            image = Image(bucket="b", key=key, etag=key, source=ImageSource.SCAN)
+            session.add(image)
+            session.flush()
+            prediction = Prediction(
+                image_id=image.id,
+                model_version_id=model.id,
+                score=score,
+                label=label,
+                threshold=0.5,
+                inference_ms=1.0,
+                faces=[] if score is None else [{"x0": 1, "y0": 2, "x1": 3, "y1": 4}],
+                reason="no face" if score is None else None,
+            )
+            session.add(prediction)
+            session.flush()
+            session.add(
+                Verdict(
+                    image_id=image.id,
+                    prediction_id=prediction.id,
+                    model_version_id=model.id,
+                    score=score,
+                    model_label=label,
+                    final_label=label,
+                    source=ImageSource.SCAN,
+                    state=ReviewState.OPEN,
+                    reason=ReviewReason.NO_FACE if score is None else ReviewReason.FAKE,
+                    image_created_at=now,
+                )
+            )
+    with session_scope(factory) as session:
+        stored = {p.label: (p.score, p.faces, p.reason) for p in session.query(Prediction)}
+    assert stored == {
+        "fake": (0.9, [{"x0": 1, "y0": 2, "x1": 3, "y1": 4}], None),
+        "no_face": (None, [], "no face"),
+    }
+    engine.dispose()
+    # When migrating down below the faces revision, then up again
+    migrate.downgrade(empty_settings, "0004")
+    engine = create_engine(empty_settings.database_url)
+    with engine.connect() as conn:
+        labels = conn.execute(text("SELECT model_label, reason FROM verdicts")).all()
+        predictions = conn.execute(text("SELECT label FROM predictions")).all()
+    engine.dispose()
+    # Then the no_face prediction and verdict are gone and the scored ones kept
+    assert [tuple(r) for r in labels] == [("fake", "fake")]
+    assert [tuple(r) for r in predictions] == [("fake",)]
+    # And upgrading again keeps the scored verdict (a SQLite table rebuild must not
+    # cascade into its children)
+    migrate.upgrade(empty_settings)
+    migrate.check(empty_settings)
+    engine = create_engine(empty_settings.database_url)
+    with engine.connect() as conn:
+        again = conn.execute(text("SELECT model_label, score FROM verdicts")).all()
+    engine.dispose()
+    assert [tuple(r) for r in again] == [("fake", 0.9)]
