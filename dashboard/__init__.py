@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, Map
 
 from deepscreen.config import Settings
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.config.update(overrides)
     app.extensions["deepscreen.settings"] = settings
 
+    # Before any rule is added: rules pick their converter when they are compiled.
+    app.url_map.converters["int"] = IdConverter
     db.init_app(app, settings)
     auth.init_app(app)
     for blueprint in (
@@ -81,6 +84,21 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     ops.init_app(app)
     app.register_error_handler(HTTPException, _error_page)
     return app
+
+
+class IdConverter(IntegerConverter):
+    """``<int:...>`` in every route: a database id, so larger than a signed 64-bit
+    integer it matches nothing (404) instead of overflowing the database driver."""
+
+    def __init__(
+        self,
+        map: Map,
+        fixed_digits: int = 0,
+        min: int | None = None,
+        max: int | None = None,
+        signed: bool = False,
+    ) -> None:
+        super().__init__(map, fixed_digits, min, 2**63 - 1 if max is None else max, signed)
 
 
 def _error_page(exc: HTTPException) -> Any:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from dashboard import db
 from dashboard.auth import login_required
+from dashboard.filters import LAST_DAY, id_arg, text_arg
 from deepscreen.db.base import utcnow
 from deepscreen.db.moderation import AuditEvent, User
 
@@ -51,20 +52,20 @@ def index() -> str:
     """Events newest first, filtered by user, action prefix, target and date."""
     args = request.args
     stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
-    if args.get("user"):
-        stmt = stmt.where(AuditEvent.username == args["user"])
-    if args.get("action"):
-        stmt = stmt.where(AuditEvent.action.startswith(args["action"], autoescape=True))
-    if args.get("target_type"):
-        stmt = stmt.where(AuditEvent.target_type == args["target_type"])
-    if args.get("target_id"):
-        stmt = stmt.where(AuditEvent.target_id == args["target_id"])
+    if user := text_arg(args, "user"):
+        stmt = stmt.where(AuditEvent.username == user)
+    if action := text_arg(args, "action"):
+        stmt = stmt.where(AuditEvent.action.startswith(action, autoescape=True))
+    if target_type := text_arg(args, "target_type"):
+        stmt = stmt.where(AuditEvent.target_type == target_type)
+    if target_id := text_arg(args, "target_id"):
+        stmt = stmt.where(AuditEvent.target_id == target_id)
     since, until = _date(args.get("since")), _date(args.get("until"))
     if since:
         stmt = stmt.where(AuditEvent.created_at >= since)
     if until:
         stmt = stmt.where(AuditEvent.created_at < until + timedelta(days=1))
-    before_id = args.get("before", type=int)
+    before_id = id_arg(args, "before")
     if before_id:
         stmt = stmt.where(AuditEvent.id < before_id)
     events = list(db.session().scalars(stmt.limit(PAGE_SIZE + 1)))
@@ -83,7 +84,9 @@ def _date(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        day = datetime.strptime(value, "%Y-%m-%d").date()
+        parsed = datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
         return None
-    return datetime.combine(day, time(), tzinfo=utcnow().tzinfo)
+    if parsed > LAST_DAY:  # "until" adds a day
+        return None
+    return datetime.combine(parsed, time(), tzinfo=utcnow().tzinfo)

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
+#: Longest username (the column's length).
+MAX_USERNAME = 64
+
 #: Each role can do what the roles after it can.
 RANK = {Role.VIEWER: 0, Role.MODERATOR: 1, Role.ADMIN: 2}
 
@@ -116,7 +119,9 @@ def login() -> Any:
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     dbs = db.session()
-    user = dbs.scalar(select(User).where(User.username == username)) if username else None
+    # A name no account can have (too long, NUL) is not looked up: PostgreSQL refuses NUL.
+    known = username and len(username) <= MAX_USERNAME and "\x00" not in username
+    user = dbs.scalar(select(User).where(User.username == username)) if known else None
     now = utcnow()
     from dashboard import audit
 
@@ -150,7 +155,7 @@ def login() -> Any:
     logger.warning("login failed for %r from %s", username, request.remote_addr)
     audit.record(
         "login.failed",
-        username=username[:64] or None,
+        username=username[:MAX_USERNAME].replace("\x00", "\ufffd") or None,
         target_type="user",
         target_id=user.id if user else None,
         after={"failed_logins": user.failed_logins} if user else None,

@@ -19,6 +19,11 @@ from deepscreen.db.base import utcnow
 from deepscreen.db.models import ImageSource
 from deepscreen.db.moderation import ReviewReason, ReviewState, Verdict
 
+#: Largest database id (a signed 64-bit integer); a larger one names no row.
+MAX_ID = 2**63 - 1
+#: Days a date filter may name: one more day must still be a date.
+LAST_DAY = date.max - timedelta(days=1)
+
 #: ``state=queue`` (the default of the review queue): open and escalated items.
 QUEUE_STATES = (ReviewState.OPEN, ReviewState.ESCALATED)
 
@@ -57,10 +62,10 @@ class VerdictFilter:
         read("label", _label)
         read("score_min", _probability)
         read("score_max", _probability)
-        read("model_version", _positive_int)
+        read("model_version", positive_id)
         read("source", ImageSource)
-        read("since", date.fromisoformat)
-        read("until", date.fromisoformat)
+        read("since", day)
+        read("until", day)
         read("state", _state)
         read("reason", ReviewReason)
         read("flagged", _boolean)
@@ -109,9 +114,18 @@ class VerdictFilter:
 
 
 def _label(raw: str) -> str:
-    if len(raw) > 64:
-        raise ValueError("too long")
+    if len(raw) > 64 or "\x00" in raw:
+        raise ValueError("too long or not text")
     return raw
+
+
+def text_arg(args: Mapping[str, str], name: str, max_length: int = 255) -> str | None:
+    """The text in ``args[name]``, or None when it is absent or no column could hold it
+    (too long, or a NUL, which PostgreSQL refuses)."""
+    value = args.get(name) or ""
+    if not value or len(value) > max_length or "\x00" in value:
+        return None
+    return value
 
 
 def _probability(raw: str) -> float:
@@ -121,10 +135,27 @@ def _probability(raw: str) -> float:
     return value
 
 
-def _positive_int(raw: str) -> int:
+def positive_id(raw: str) -> int:
+    """A database id: an integer from 1 to `MAX_ID` (ValueError otherwise)."""
     value = int(raw)
-    if value < 1:
-        raise ValueError("not positive")
+    if not 1 <= value <= MAX_ID:
+        raise ValueError("not an id")
+    return value
+
+
+def id_arg(args: Mapping[str, str], name: str) -> int | None:
+    """The id in ``args[name]``, or None when it is absent or not an id (ignored)."""
+    try:
+        return positive_id((args.get(name) or "").strip())
+    except ValueError:
+        return None
+
+
+def day(raw: str) -> date:
+    """``YYYY-MM-DD``, up to `LAST_DAY` (so "until that day" can add one)."""
+    value = date.fromisoformat(raw)
+    if value > LAST_DAY:
+        raise ValueError("out of range")
     return value
 
 

@@ -22,6 +22,7 @@ from werkzeug.wrappers import Response
 
 from dashboard import audit, db, outbox
 from dashboard.auth import login_required
+from dashboard.filters import id_arg
 from deepscreen import taskqueue
 from deepscreen.db.base import utcnow
 from deepscreen.db.moderation import Role, User
@@ -50,7 +51,7 @@ def index() -> str:
         .outerjoin(User, User.id == TrainingRun.requested_by)
         .order_by(TrainingRun.id.desc())
     )
-    before = request.args.get("before", type=int)
+    before = id_arg(request.args, "before")
     if before:
         stmt = stmt.where(TrainingRun.id < before)
     rows = dbs.execute(stmt.limit(PAGE_SIZE + 1)).tuples().all()

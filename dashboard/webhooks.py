@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from dashboard import db, subscriptions
 from dashboard.auth import login_required
+from dashboard.filters import id_arg
 from dashboard.subscriptions import SubscriptionError
 from deepscreen import webhooks
 from deepscreen.db.base import utcnow
@@ -41,7 +42,7 @@ def index() -> str:
     )
     dbs = db.session()
     page, next_after = subscriptions.endpoints(
-        dbs, kind=kind, after=max(request.args.get("after", 0, type=int), 0), limit=PAGE_SIZE
+        dbs, kind=kind, after=id_arg(request.args, "after") or 0, limit=PAGE_SIZE
     )
     return render_template(
         "webhooks/index.html",
@@ -77,11 +78,10 @@ def create() -> View:
 def detail(endpoint_id: int) -> str:
     """Settings, actions, and the delivery log newest first (``?before=`` pages on)."""
     endpoint = _endpoint(endpoint_id)
-    before = request.args.get("before", type=int)
     rows, next_before = subscriptions.deliveries(
         db.session(),
         endpoint,
-        before=before if before and before > 0 else None,
+        before=id_arg(request.args, "before"),
         limit=LOG_PAGE_SIZE,
     )
     return render_template(
