@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
+#: The one answer to every failed login: wrong name, wrong password or a locked account.
+LOGIN_FAILED = (
+    "Wrong username or password. After repeated failures an account is locked for a while."
+)
+
 #: Longest username (the column's length).
 MAX_USERNAME = 64
 
@@ -128,9 +133,11 @@ def login() -> Any:
     if user is not None and user.locked_until is not None and user.locked_until > now:
         wait = int((user.locked_until - now).total_seconds()) + 1
         logger.warning("login refused: account %r locked for %d s", username, wait)
+        security.verify_password(None, password)  # the same work as any failed login
         audit.record("login.locked", username=username, target_type="user", target_id=user.id)
         dbs.commit()
-        return _login_failed(f"Too many failed logins: try again in {wait} s.", 429)
+        # The answer of an unknown name: a locked account must not tell that it exists.
+        return _login_failed(LOGIN_FAILED, 401)
     if user is not None and user.active and security.verify_password(user.password_hash, password):
         user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
         audit.record("login.ok", user=user, target_type="user", target_id=user.id)
@@ -161,7 +168,7 @@ def login() -> Any:
         after={"failed_logins": user.failed_logins} if user else None,
     )
     dbs.commit()
-    return _login_failed("Wrong username or password.", 401)
+    return _login_failed(LOGIN_FAILED, 401)
 
 
 def _login_failed(message: str, status: int) -> tuple[str, int]:

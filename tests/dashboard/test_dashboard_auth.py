@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from dashboard_helpers import PASSWORD, csrf_from, login, token_of
@@ -61,7 +62,8 @@ def test_a_wrong_password_fails_and_repeated_failures_lock_the_account(
         assert login(client, "bob", "wrong").status_code == 401
     # Then even the right password is refused for a while, and it is all audited
     locked = login(client, "bob", PASSWORD)
-    assert locked.status_code == 429 and "try again in" in locked.text
+    assert locked.status_code == 401 and "Wrong username or password." in locked.text
+    assert login(client, "bob", "wrong").status_code == 401
     actions = list(dbs.scalars(select(AuditEvent.action).where(AuditEvent.username == "bob")))
     assert actions.count("login.failed") == 3 and "login.locked" in actions
 
@@ -69,6 +71,23 @@ def test_a_wrong_password_fails_and_repeated_failures_lock_the_account(
 def test_an_unknown_user_gets_the_same_answer_as_a_wrong_password(app: Flask) -> None:
     response = login(app.test_client(), "nobody", "whatever")
     assert response.status_code == 401 and "Wrong username or password." in response.text
+
+
+def test_a_locked_account_cannot_be_told_from_an_unknown_name(
+    app: Flask, make_user: Callable[..., User]
+) -> None:
+    # Given a real account and a name nobody has, each failing more than the maximum
+    make_user("erin", Role.VIEWER)
+    answers: dict[str, list[tuple[int, str]]] = {"erin": [], "nobody": []}
+    for name, answer in answers.items():
+        client = app.test_client()
+        for _ in range(6):
+            response = login(client, name, "wrong")
+            page = re.sub(r'(csrf_token" value|csrf-token" content)="[^"]*"', "", response.text)
+            answer.append((response.status_code, page))
+    # Then both got the same answers, attempt by attempt (no 429 that names the account)
+    assert answers["erin"] == answers["nobody"]
+    assert {status for status, _ in answers["erin"]} == {401}
 
 
 def test_a_post_without_the_csrf_token_is_refused(app: Flask, make_user) -> None:  # type: ignore[no-untyped-def]
