@@ -57,6 +57,19 @@ def issue(owner: User, back: str) -> str | Response:
     return render_template("users/token_created.html", token=token, row=row, owner=owner, back=back)
 
 
+def revoke_all(owner: User) -> int:
+    """Revoke every live token of ``owner`` in this request's transaction; how many."""
+    now = utcnow()
+    live = db.session().scalars(
+        select(ApiToken).where(ApiToken.user_id == owner.id, ApiToken.revoked_at.is_(None))
+    )
+    count = 0
+    for token in live:
+        token.revoked_at = now
+        count += 1
+    return count
+
+
 def revoke(token: ApiToken) -> None:
     """Revoke ``token`` (again is a no-op); the API refuses it from now on."""
     if token.revoked_at is not None:

@@ -131,16 +131,19 @@ def activate(user_id: int) -> View:
 
 def _set_active(user: User, active: bool) -> Response:
     if user.active is not active:
+        after: dict[str, Any] = {"active": active}
+        if not active:
+            rotate_session_token(user)  # their open sessions end now
+            # ... and their API tokens for good: activating again must not revive them
+            after["tokens_revoked"] = tokens.revoke_all(user)
         audit.record(
             "user.activate" if active else "user.deactivate",
             target_type="user",
             target_id=user.id,
             before={"active": user.active},
-            after={"active": active},
+            after=after,
         )
         user.active = active
-        if not active:
-            rotate_session_token(user)  # their open sessions end now
         db.session().commit()
     flash(f"{user.username} is {'active' if active else 'deactivated'}.", "ok")
     if not active and user.id == g.user.id:

@@ -291,6 +291,18 @@ def activations(dbs: Session) -> list[tuple[object, ...]]:
     return events
 
 
+def test_only_admins_see_where_a_model_is_on_the_server(
+    viewer: FlaskClient, moderator: FlaskClient, admin: FlaskClient, card_model: ModelVersion
+) -> None:
+    # Given a model registered from a folder of the server
+    folder = str(Path(card_model.location).parent)
+    # Then its page names that folder to admins, and to nobody else
+    assert folder in admin.get(f"/models/{card_model.id}").text
+    for client in (viewer, moderator):
+        page = client.get(f"/models/{card_model.id}")
+        assert page.status_code == 200 and folder not in page.text
+
+
 def test_only_admins_activate_and_it_is_audited(
     client_for: Callable[[Role], FlaskClient],
     seed: Seed,

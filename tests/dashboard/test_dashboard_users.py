@@ -139,13 +139,39 @@ def test_deactivation_ends_the_users_sessions_and_activation_restores_login(
     assert victim.get("/users/me").status_code == 302
     assert login(app.test_client(), "target").status_code == 401
     [event] = events(dbs, "user.deactivate")
-    assert (event.before, event.after) == ({"active": True}, {"active": False})
+    assert (event.before, event.after) == (
+        {"active": True},
+        {"active": False, "tokens_revoked": 0},
+    )
     assert "deactivated" in boss[0].get(f"/users/{target.id}").text
     # When they are activated again, they can log in
     assert post(boss[0], f"/users/{target.id}/activate").status_code == 302
     assert login(app.test_client(), "target").status_code == 302
     [event] = events(dbs, "user.activate")
     assert (event.before, event.after) == ({"active": False}, {"active": True})
+
+
+def test_deactivation_revokes_api_tokens_for_good(
+    app: Flask, boss: tuple[FlaskClient, User], make_user: MakeUser, dbs: Session
+) -> None:
+    # Given a moderator with a working API token
+    _, target = logged_in(app, make_user, "target", Role.MODERATOR)
+    page = post(boss[0], f"/users/{target.id}/tokens", name="ci")
+    token = re.search(r'<code id="token-value">([^<]+)</code>', page.text).group(1)  # type: ignore[union-attr]
+    api = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert api.get("/api/v1/models", headers=headers).status_code == 200
+    # When an admin deactivates them, then activates them again
+    assert post(boss[0], f"/users/{target.id}/deactivate").status_code == 302
+    assert api.get("/api/v1/models", headers=headers).status_code == 401
+    assert post(boss[0], f"/users/{target.id}/activate").status_code == 302
+    # Then the old token stays revoked (a new one must be made), and that is audited
+    assert api.get("/api/v1/models", headers=headers).status_code == 401
+    dbs.expire_all()
+    [row] = dbs.scalars(select(ApiToken).where(ApiToken.user_id == target.id))
+    assert row.revoked_at is not None
+    [event] = events(dbs, "user.deactivate")
+    assert event.after == {"active": False, "tokens_revoked": 1}
 
 
 def test_a_password_reset_ends_sessions_unlocks_and_never_audits_the_password(
