@@ -36,6 +36,7 @@ from sklearn.metrics import roc_auc_score
 
 from training.data import Sample, load_pixels, read_source
 from training.evaluate import FAKE_FAMILY_NAMES, fpr_per_real_source, threshold_for_sources
+from training.export import export
 from training.hparams import load_hparams
 from training.train import face_stage_for, predict, preprocessing_for, train_samples
 
@@ -62,13 +63,25 @@ def cap_groups(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
     return out
 
 
-def one_run(samples: list[Sample], family: str, overrides: dict[str, str]) -> dict:
-    """Train without ``family``'s fakes and score every family."""
+def one_run(
+    samples: list[Sample], family: str, overrides: dict[str, str], keep: Path | None
+) -> dict:
+    """Train without ``family``'s fakes and score every family; with ``keep``, export
+    the model to ``keep/<family>`` (e.g. the base of ``benchmarks/adaptation.py``)."""
     hp = load_hparams(None, {**overrides, "exclude_sources": f"{family}:fake"})
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"logo-{family}-") as work:
         result = train_samples(samples, hp, Path(work))
     seconds = time.monotonic() - started
+    if keep is not None:
+        export(
+            result.model,
+            result.valid,
+            hp,
+            keep / family,
+            sources=result.sources,
+            training_info={"leave_one_out": family, "train_wall_time_s": round(seconds, 1)},
+        )
     valid = result.valid
     val_scores = result.val_scores
     val_sources = [s.source for s in valid.samples]
@@ -121,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-per-group", type=int, default=0,
                         help="cap training-side images per (source, label), 0 = all")
     parser.add_argument("--json", type=Path, help="append each run's row to this JSON-lines file")
+    parser.add_argument("--keep", type=Path, help="export each run's model to KEEP/<family>")
     args = parser.parse_args(argv)
     if not (SHARED / "data").is_dir():
         print(f"{SHARED / 'data'} not found: this benchmark needs the shared data", file=sys.stderr)
@@ -133,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = cap_groups(samples, args.max_per_group, 0)
     rows = []
     for family in args.families.split(","):
-        row = one_run(samples, family, overrides)
+        row = one_run(samples, family, overrides, args.keep)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:

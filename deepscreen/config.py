@@ -498,6 +498,17 @@ class Settings:
             choices=("active", "imagenet"),
         ),
     )
+    retrain_mode: str = field(
+        default="adapt",
+        metadata=_var(
+            "RETRAIN_MODE",
+            "`adapt`: fine-tune the active model from its own weights on the corrections "
+            "plus a replay sample of the base data (`deepscreen adapt`, minutes); `full`: "
+            "train on all the base data plus the corrections. `adapt` falls back to `full` "
+            "when the active model carries no Keras weights, and the run's report says so.",
+            choices=("adapt", "full"),
+        ),
+    )
     retrain_correction_weight: float = field(
         default=2.0,
         metadata=_var(
@@ -533,11 +544,12 @@ class Settings:
         ),
     )
     gate_max_auc_drop: float = field(
-        default=0.01,
+        default=0.02,
         metadata=_var(
             "GATE_MAX_AUC_DROP",
             "Largest drop of golden-set ROC-AUC against the active model a candidate may "
-            "have and still be registered.",
+            "have and still be registered (the tolerance of both gate rules: a few hundred "
+            "golden images move by about 0.01 between two runs of the same recipe).",
             minimum=0,
         ),
     )

@@ -44,11 +44,14 @@ class FaceStage:
     """How faces are found and cropped; stored in the model card under ``face_stage``."""
 
     detector: str = "blazeface-short+padded+full"
-    #: Detector confidence a face needs.
-    min_confidence: float = 0.5
+    #: Detector confidence a face needs. At 0.5 (MediaPipe's default) BlazeFace finds
+    #: "faces" in a quarter of small smooth colour blobs; at 0.6 with ``min_face_px`` 64
+    #: in none of 300, while 99.9 % of the ../shared images keep a face (measured).
+    min_confidence: float = 0.6
     #: Faces whose box is smaller than this (longer side, in original pixels) are ignored;
-    #: an image with none left is labelled ``no_face``.
-    min_face_px: int = 32
+    #: an image with none left is labelled ``no_face``. Smaller faces carry too little
+    #: detail to judge once resized to the model's input.
+    min_face_px: int = 64
     #: The square crop's side is the box's longer side times (1 + margin).
     margin: float = 0.6
     #: Faces classified per image, largest first (all are still recorded).
@@ -205,9 +208,9 @@ def _weighted_nms(boxes: np.ndarray, scores: np.ndarray) -> list[FaceBox]:
         group = alive & (_iou(boxes[i], boxes) > _NMS_IOU)
         group[i] = True
         weights = scores[group][:, None]
-        merged = (boxes[group] * weights).sum(axis=0) / weights.sum()
+        x0, y0, x1, y1 = ((boxes[group] * weights).sum(axis=0) / weights.sum()).tolist()
         alive &= ~group
-        faces.append(FaceBox(*(float(v) for v in merged), confidence=float(scores[i])))
+        faces.append(FaceBox(x0, y0, x1, y1, confidence=float(scores[i])))
     return faces
 
 

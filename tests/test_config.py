@@ -99,11 +99,12 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_RETRAIN_GOLDEN": "/data/golden",
         "DEEPSCREEN_RETRAIN_WEIGHTS": "/w/mobilenet.weights.h5",
         "DEEPSCREEN_RETRAIN_FROM": "imagenet",
+        "DEEPSCREEN_RETRAIN_MODE": "full",
         "DEEPSCREEN_RETRAIN_CORRECTION_WEIGHT": "3",
         "DEEPSCREEN_RETRAIN_HPARAMS": "head_epochs=1,fine_tune_epochs=1",
         "DEEPSCREEN_RETRAIN_INTERVAL": "86400",
         "DEEPSCREEN_RETRAIN_MIN_CORRECTIONS": "20",
-        "DEEPSCREEN_GATE_MAX_AUC_DROP": "0.02",
+        "DEEPSCREEN_GATE_MAX_AUC_DROP": "0.03",
         "DEEPSCREEN_GATE_MIN_FIXED_SHARE": "0.7",
         "DEEPSCREEN_RETRAIN_AUTO_PROMOTE": "true",
     }
@@ -118,6 +119,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.s3_connect_timeout == 1.5
     assert settings.broker_transport_options == {"visibility_timeout": 7200}
     assert settings.webhook_retry_schedule == (1.0, 2.5, 60.0)
+    assert settings.retrain_mode == "full"
     assert not settings.is_sqlite
 
 

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DATA_HELP = (
     "dataset: a folder with a known layout (ciplab real_and_fake_face/, 140k real-vs-fake/, "
     "or real/ + fake/), a CSV manifest (path,label[,source][,split]), or kind:path with kind "
@@ -85,6 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     info = {
         "command": "deepscreen " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "data": [str(Path(d).resolve()) if Path(d).exists() else d for d in args.data],
         "train_wall_time_s": round(result.wall_time_s, 1),
         "val_auc_keras": result.val_auc,
         "history": result.history,
@@ -98,6 +101,71 @@ def run_train(args: argparse.Namespace) -> int:
     (args.out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     _print_summary(card)
     print(f"model written to {args.out} in {total:.0f} s")
+    return 0
+
+
+def register_adapt(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "adapt",
+        help="fine-tune an exported model on moderators' corrections (needs the training extra)",
+        description=(
+            "Continue training an exported model from its own weights on a corrections "
+            "manifest (as `deepscreen corrections export` writes it) plus a replay sample "
+            "of its base data, re-choose the threshold by the same rule, and export the "
+            "result with the parity check, card, report and plots."
+        ),
+    )
+    p.add_argument("--from", dest="parent", type=Path, required=True, metavar="MODEL_DIR",
+                   help="exported model directory to start from (must hold model.weights.h5)")
+    p.add_argument("--corrections", type=Path, required=True, metavar="CSV",
+                   help="manifest path,label[,source] with local paths, file:// or s3:// URLs")
+    p.add_argument("--data", action="append", metavar="SOURCE",
+                   help="base data to replay (default: the data in the parent's card, if present)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default 4)")
+    p.add_argument("--correction-weight", type=float, help="weight of each correction (default 3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one hyperparameter of the parent's recipe")
+    p.set_defaults(func=run_adapt)
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from deepscreen.config import Settings
+    from training.adapt import AdaptError, AdaptOptions, adapt
+    from training.export import ParityError
+    from training.train import QualityGateFailed
+
+    opts = AdaptOptions()
+    if args.epochs is not None:
+        opts = replace(opts, epochs=args.epochs)
+    if args.correction_weight is not None:
+        opts = replace(opts, correction_weight=args.correction_weight)
+    try:
+        card = adapt(
+            args.parent,
+            args.corrections,
+            args.out,
+            data=args.data,
+            opts=opts,
+            overrides=_overrides(args.set or []),
+            settings=Settings.from_env(),
+        )
+    except AdaptError as exc:
+        print(f"deepscreen adapt: {exc}", file=sys.stderr)
+        return 2
+    except (QualityGateFailed, ParityError) as exc:
+        print(f"deepscreen adapt: refused: {exc}", file=sys.stderr)
+        return 3
+    for path, reason in card["training"].get("unreadable", []):
+        print(f"skipped {path}: {reason}")
+    _print_summary(card)
+    print(
+        f"adapted {card['training']['adapted_from'][:12]} -> {card['version'][:12]} on "
+        f"{card['training']['corrections']} corrections in "
+        f"{card['training']['total_wall_time_s']:.0f} s; written to {args.out}"
+    )
     return 0
 
 
@@ -119,31 +187,51 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from deepscreen.errors import ModelError
     from deepscreen.inference import Classifier
-    from training.data import load_pixels, read_source, split_samples
-    from training.evaluate import evaluate_scores, markdown_report, write_plots
+    from training.data import read_source, split_samples
+    from training.evaluate import (
+        evaluate_scores,
+        fpr_per_real_source,
+        markdown_report,
+        score_through_serving,
+        write_plots,
+    )
 
     hp = _hparams(args)
     try:
         clf = Classifier(args.model, num_threads=args.threads)
     except ModelError as exc:
         raise SystemExit(f"deepscreen: {exc}") from None
+    # The split the model was trained with (its card), unless --set says otherwise.
+    recorded = clf.card.get("hyperparameters") or {}
+    given = _overrides(args.set or [])
+    val_fraction = hp.val_fraction if "val_fraction" in given else recorded.get("val_fraction", hp.val_fraction)
+    seed = hp.seed if "seed" in given else recorded.get("seed", hp.seed)
     samples = [s for spec in args.data for s in read_source(spec)]
-    splits = split_samples(samples, hp.val_fraction, hp.seed)
+    splits = split_samples(samples, val_fraction, seed)
     chosen = samples if args.split == "all" else splits[args.split]
-    loaded = load_pixels(chosen, clf.preprocessing)
-    scores = clf.predict_pixels(loaded.pixels)
-    ev = evaluate_scores(scores, loaded.samples, clf.threshold)
-    _print_metrics(ev.to_dict())
+    scored = score_through_serving(clf, chosen)
+    ev = evaluate_scores(scored.scores, scored.samples, clf.threshold)
+    metrics = ev.to_dict()
+    labels = np.array([s.label for s in scored.samples])
+    metrics["fpr_per_real_source"] = fpr_per_real_source(
+        scored.scores, labels, [s.source for s in scored.samples], clf.threshold
+    )
+    metrics["no_face"] = scored.no_face_counts()
+    _print_metrics(metrics)
+    print("false-positive rate per real source at the card's threshold:")
+    for name, row in metrics["fpr_per_real_source"].items():
+        print(f"  {name:<16} {row['what']:<16} n={row['n']:<5} FPR {row['fpr']:.3f}")
+    print(f"no_face: {sum(metrics['no_face'].values())} of {len(chosen)} images")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
-        write_plots(scores, loaded.samples, clf.threshold, args.out)
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_plots(scored.scores, scored.samples, clf.threshold, args.out)
         (args.out / "report.md").write_text(
             markdown_report(ev, f"Evaluation of {clf.version[:12]}")
         )
         print(f"report written to {args.out}")
-    for path, reason in loaded.failed:
-        print(f"unreadable {path}: {reason}")
+    for path, reason in scored.failed:
+        print(f"not scored {path}: {reason}")
     return 0
 
 
@@ -163,7 +251,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from training.data import load_pixels, read_source, split_samples
     from training.export import ParityError, export
-    from training.train import describe_sources, preprocessing_for
+    from training.train import describe_sources, face_stage_for, preprocessing_for
 
     if args.dtype:
         args.set = [*(args.set or []), f"export_dtype={args.dtype}"]
@@ -171,7 +259,7 @@ def run_export(args: argparse.Namespace) -> int:
     model = keras.models.load_model(args.keras)
     samples = [s for spec in args.data for s in read_source(spec)]
     splits = split_samples(samples, hp.val_fraction, hp.seed)
-    valid = load_pixels(splits["valid"], preprocessing_for(hp))
+    valid = load_pixels(splits["valid"], preprocessing_for(hp), face_stage=face_stage_for(hp))
     try:
         card = export(
             model,

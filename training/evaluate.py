@@ -118,6 +118,54 @@ def fpr_per_real_source(
     return out
 
 
+@dataclass
+class ServedScores:
+    """Image-level scores of a model through the serving class (the face stage and
+    its best-face rule included); images with no face or unreadable are set apart."""
+
+    samples: list[Sample]
+    scores: np.ndarray
+    #: (path, reason) of images with no verdict: no face, or unreadable.
+    failed: list[tuple[Path, str]]
+    no_face: list[Sample]
+
+    def no_face_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.no_face:
+            key = f"{s.source}/{LABELS[s.label]}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def score_through_serving(clf: Any, samples: Sequence[Sample], chunk: int = 64) -> ServedScores:
+    """Score local ``samples`` with ``clf`` (a `deepscreen.inference.Classifier`) on
+    their encoded bytes, exactly as a worker would."""
+    from deepscreen.inference import NO_FACE
+
+    kept, scores, failed, no_face = [], [], [], []
+    for start in range(0, len(samples), chunk):
+        part = list(samples[start : start + chunk])
+        blobs = []
+        for s in part:
+            try:
+                blobs.append(s.path.read_bytes())
+            except OSError as exc:
+                blobs.append(b"")
+                failed.append((s.path, str(exc)))
+        for sample, data, result in zip(part, blobs, clf.classify(blobs), strict=True):
+            if not data:
+                continue
+            if isinstance(result, Exception):
+                failed.append((sample.path, str(result)))
+            elif result.label == NO_FACE:
+                no_face.append(sample)
+                failed.append((sample.path, result.reason or NO_FACE))
+            else:
+                kept.append(sample)
+                scores.append(result.score)
+    return ServedScores(kept, np.array(scores, dtype=np.float64), failed, no_face)
+
+
 def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
     """Accuracy, precision, recall, F1, FPR, ROC-AUC and the confusion matrix at ``threshold``."""
     pred = (scores >= threshold).astype(int)

@@ -177,6 +177,13 @@ def export(
         plots = write_plots(tflite_scores, valid.samples, threshold, stage)
         # Weights only, no optimizer state: about twice the size of a float16 .tflite.
         trained.save_weights(stage / WEIGHTS_FILE)
+        # What `deepscreen adapt` and retraining continue from, as trained (not rounded).
+        card["weights"] = {
+            "file": WEIGHTS_FILE,
+            "sha256": hashlib.sha256((stage / WEIGHTS_FILE).read_bytes()).hexdigest(),
+            "size_bytes": (stage / WEIGHTS_FILE).stat().st_size,
+            "format": "Keras weights of the whole model (training.model.build_model)",
+        }
         card["artefacts"] = [MODEL_FILE, CARD_FILE, "report.md", *plots, WEIGHTS_FILE]
         (stage / "report.md").write_text(
             markdown_report(

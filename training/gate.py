@@ -2,16 +2,24 @@
 
 Both models are judged as shipped: their ``.tflite`` through
 `deepscreen.inference.Classifier`, the workers' serving class, each with its own
-card's preprocessing and threshold.
+card's preprocessing, face stage and threshold.
 
-1. **Golden set** (a fixed labelled set): the candidate's ROC-AUC may be at most
-   ``settings.gate_max_auc_drop`` below the active model's. With no active model
-   there is nothing to compare with, and the candidate must instead reach the
-   absolute bar ``hp.min_val_auc`` (the training quality gate's) on the golden set.
-2. **Regression set** (every moderator correction so far): the candidate must
-   classify at least ``settings.gate_min_fixed_share`` of them as the moderators
-   did, at its own threshold. With no (readable) correction the criterion passes,
-   and the report says it passed vacuously.
+A candidate passes by one of two rules, and the report names the one that decided
+(``decided_by``):
+
+1. **fixes-corrections**: it classifies at least ``settings.gate_min_fixed_share`` of
+   the moderators' corrections (the regression set) as they did, at its own
+   threshold, and its golden-set ROC-AUC is at most ``settings.gate_max_auc_drop``
+   below the active model's. This is what an adaptation to a new generator must do.
+2. **fewer-false-positives**: its false-positive rate on the golden set's real
+   images is lower than the active model's, with no real source worse by more than
+   a point, its golden ROC-AUC is within the same tolerance, and it fixes at least
+   as many corrections as the active model.
+
+With no active model there is nothing to compare with: the candidate must reach the
+absolute bar ``hp.min_val_auc`` on the golden set and fix the share of corrections
+(rule ``absolute-bar``). With no (readable) correction the regression part passes
+vacuously, and the report says so.
 
 The report is plain JSON (see `gate_report`); it is stored on the training run
 either way and on the model version when the candidate is registered.
@@ -29,7 +37,7 @@ import numpy as np
 from deepscreen.config import Settings
 from deepscreen.inference import Classifier
 from training.data import LoadedSplit, Sample, load_pixels
-from training.evaluate import binary_metrics
+from training.evaluate import binary_metrics, fpr_per_real_source
 
 #: Version of the report's layout, for the dashboard.
 REPORT_SCHEMA = 1
@@ -58,6 +66,18 @@ def _fixed(clf: Classifier, loaded: LoadedSplit) -> int:
     return int(np.sum(predicted == loaded.labels))
 
 
+def _real_fprs(clf: Classifier, loaded: LoadedSplit) -> dict[str, float]:
+    rows = fpr_per_real_source(
+        _scores(clf, loaded), loaded.labels, [x.source for x in loaded.samples], clf.threshold
+    )
+    return {name: row["fpr"] for name, row in rows.items()}
+
+
+#: How much worse (absolute) one real source's false-positive rate may get under the
+#: fewer-false-positives rule.
+FPR_SOURCE_SLACK = 0.01
+
+
 def _model(clf: Classifier) -> dict[str, Any]:
     return {"sha256": clf.version, "name": clf.card.get("name"), "threshold": clf.threshold}
 
@@ -83,16 +103,21 @@ def gate_report(
     candidate = Classifier(candidate_dir, num_threads=threads)
     active = Classifier(active_dir, num_threads=threads) if active_dir is not None else None
 
-    def loaded_for(clf: Classifier, samples: list[Sample], done: LoadedSplit) -> LoadedSplit:
-        if clf.preprocessing == candidate.preprocessing:
-            return done
-        return load_pixels(samples, clf.preprocessing, settings=settings)
+    def load(clf: Classifier, samples: list[Sample]) -> LoadedSplit:
+        # Each model sees its own card's inputs: face crops when it has a face stage.
+        return load_pixels(
+            samples, clf.preprocessing, settings=settings, face_stage=clf.face_stage
+        )
 
-    golden = load_pixels(sets.golden, candidate.preprocessing, settings=settings)
+    def loaded_for(clf: Classifier, samples: list[Sample], done: LoadedSplit) -> LoadedSplit:
+        same = (clf.preprocessing, clf.face_stage) == (candidate.preprocessing, candidate.face_stage)
+        return done if same else load(clf, samples)
+
+    golden = load(candidate, sets.golden)
     if len(set(golden.labels.tolist())) < 2:
         raise ValueError(f"the golden set ({sets.golden_source}) needs real and fake images")
     cand_golden = binary_metrics(_scores(candidate, golden), golden.labels, candidate.threshold)
-    regression = load_pixels(sets.regression, candidate.preprocessing, settings=settings)
+    regression = load(candidate, sets.regression)
     n_reg = len(regression.samples)
     cand_fixed = _fixed(candidate, regression)
 
@@ -145,11 +170,47 @@ def gate_report(
         "min_fixed_share": bar_share,
         "reason": reg_why,
     }
+
+    cand_fprs = _real_fprs(candidate, golden)
+    fp_criterion: dict[str, Any] = {"candidate": cand_fprs, "active": None}
+    if active is not None and act_golden is not None:
+        act_fprs = _real_fprs(active, loaded_for(active, sets.golden, golden))
+        fp_criterion["active"] = act_fprs
+        shared_sources = sorted(set(cand_fprs) & set(act_fprs))
+        lower = cand_golden["fpr"] < act_golden["fpr"]
+        no_worse = all(cand_fprs[k] <= act_fprs[k] + FPR_SOURCE_SLACK for k in shared_sources)
+        keeps_fixes = act_fixed is None or cand_fixed >= act_fixed
+        fp_ok = bool(lower and no_worse and keeps_fixes and ok)
+        fp_why = (
+            f"golden false-positive rate {cand_golden['fpr']:.3f} against the active model's "
+            f"{act_golden['fpr']:.3f}"
+            + ("" if no_worse else f"; a real source is worse by more than {FPR_SOURCE_SLACK}")
+            + ("" if keeps_fixes else "; fixes fewer corrections than the active model")
+            + ("" if ok else "; golden ROC-AUC outside the tolerance")
+            + (": lower, the rule passes" if fp_ok else ": the rule does not pass")
+        )
+    else:
+        fp_ok = False
+        fp_why = "no active model to compare false-positive rates with"
+    fp_criterion.update(passed=fp_ok, reason=fp_why, max_source_increase=FPR_SOURCE_SLACK)
+
+    if ok and reg_ok:
+        decided_by = "fixes-corrections" if active is not None else "absolute-bar"
+    elif fp_ok:
+        decided_by = "fewer-false-positives"
+    else:
+        decided_by = None
+    passed = decided_by is not None
     return {
         "schema": REPORT_SCHEMA,
-        "passed": bool(ok and reg_ok),
-        "reasons": [why, reg_why],
-        "criteria": {"golden": golden_criterion, "regression": regression_criterion},
+        "passed": passed,
+        "decided_by": decided_by,
+        "reasons": [why, reg_why, fp_why],
+        "criteria": {
+            "golden": golden_criterion,
+            "regression": regression_criterion,
+            "false_positives": fp_criterion,
+        },
         "golden": {
             "source": sets.golden_source,
             "n": len(golden.samples),

@@ -40,7 +40,9 @@ from deepscreen.db.moderation import AuditEvent
 from deepscreen.db.retraining import RunStatus, RunTrigger, TrainingRun
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
 from deepscreen.errors import ConfigError
+from deepscreen.inference import Classifier
 from deepscreen.retraining import last_review_id, pending_run
+from training.adapt import AdaptOptions, parent_hparams, train_adapted
 from training.data import Sample, read_manifest, read_source, split_samples
 from training.export import WEIGHTS_FILE, ParityError, export
 from training.gate import GateSets, gate_report
@@ -81,15 +83,32 @@ class Refused(Exception):
     """The candidate was refused before the gate (training quality gate, parity)."""
 
 
-def hparams_for(settings: Settings) -> HParams:
-    """HParams defaults + ``settings.retrain_hparams``; the backbone initialisation
-    is ``settings.retrain_weights``."""
+def _overrides(settings: Settings) -> dict[str, Any]:
+    """``settings.retrain_hparams`` as a dict; ConfigError when malformed."""
     overrides: dict[str, Any] = {}
     for pair in settings.retrain_hparams:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"DEEPSCREEN_RETRAIN_HPARAMS: expected name=value, got {pair!r}")
         overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _mode(settings: Settings, active_dir: Path | None, init: Path | None) -> tuple[str, str]:
+    """``adapt`` or ``full``, and why, for the report."""
+    if settings.retrain_mode == "full":
+        return "full", "DEEPSCREEN_RETRAIN_MODE=full"
+    if active_dir is None:
+        return "full", "adapt asked, but there is no active model: full training"
+    if not (active_dir / WEIGHTS_FILE).is_file():
+        return "full", "adapt asked, but the active model carries no Keras weights: full training"
+    return "adapt", f"adapting the active model from its own weights ({WEIGHTS_FILE})"
+
+
+def hparams_for(settings: Settings) -> HParams:
+    """HParams defaults + ``settings.retrain_hparams``; the backbone initialisation
+    is ``settings.retrain_weights``."""
+    overrides = _overrides(settings)
     overrides["weights"] = settings.retrain_weights
     try:
         return HParams().with_overrides(overrides)
@@ -212,11 +231,17 @@ def _train_and_gate(
     hp = hparams_for(settings)
     inputs = _inputs(settings, factory, run_id, folder)
     base, fixes, active_dir = inputs.base, inputs.fixes, inputs.active_dir
-    sets = _gate_sets(settings, base, fixes, hp)
     init, init_doc = _initial_weights(settings, inputs.active, active_dir, hp)
+    mode, mode_doc = _mode(settings, active_dir, init)
+    if mode == "adapt":
+        assert active_dir is not None
+        hp = parent_hparams(Classifier(active_dir, num_threads=1).card)
+    sets = _gate_sets(settings, base, fixes, hp)
     report: dict[str, Any] = {
         "run_id": run_id,
         "training": {
+            "mode": mode,
+            "mode_reason": mode_doc,
             "base": list(settings.retrain_data),
             "base_samples": len(base),
             "corrections": len(fixes),
@@ -226,18 +251,32 @@ def _train_and_gate(
         },
     }
     try:
-        result = train_samples(
-            base + fixes, hp, folder / "work", initial_weights=init, settings=settings
-        )
+        info: dict[str, Any] = {"retraining_run": run_id, "initial_weights": init_doc}
+        if mode == "adapt":
+            assert active_dir is not None
+            opts = replace(AdaptOptions(), correction_weight=settings.retrain_correction_weight)
+            result, hp, adapted = train_adapted(
+                active_dir,
+                fixes,
+                base,
+                folder / "work",
+                opts=opts,
+                overrides=_overrides(settings),
+                settings=settings,
+            )
+            info.update(adapted)
+        else:
+            result = train_samples(
+                base + fixes, hp, folder / "work", initial_weights=init, settings=settings
+            )
         trained = time.monotonic()
-        info = {
-            "retraining_run": run_id,
-            "initial_weights": init_doc,
-            "corrections": len(fixes),
-            "train_wall_time_s": round(result.wall_time_s, 1),
-            "val_auc_keras": result.val_auc,
-            "history": result.history,
-        }
+        info.update(
+            mode=mode,
+            corrections=len(fixes),
+            train_wall_time_s=round(result.wall_time_s, 1),
+            val_auc_keras=result.val_auc,
+            history=result.history,
+        )
         export(
             result.model,
             result.valid,

@@ -60,7 +60,11 @@ def preprocessing_for(hp: HParams) -> Preprocessing:
 
 def face_stage_for(hp: HParams) -> FaceStage | None:
     """The face stage the model is trained and served with, or None (whole images)."""
-    return FaceStage(margin=hp.face_margin) if hp.face_stage else None
+    if not hp.face_stage:
+        return None
+    return FaceStage(
+        margin=hp.face_margin, min_confidence=hp.face_min_confidence, min_face_px=hp.face_min_px
+    )
 
 
 def exclude(samples: list[Sample], spec: str) -> list[Sample]:
