@@ -163,7 +163,9 @@ def serve_dashboard(port: int, *, host: str = "127.0.0.1") -> int:
     inherits this environment, except that it too uses the embedded queue.
     """
     env = {**os.environ, "DEEPSCREEN_BROKER_URL": "filesystem://"}
-    command = [sys.executable, "-m", "deepscreen.cli", "dashboard"]
+    # -P: the current folder is not put on sys.path, so a folder named deepscreen or
+    # dashboard there (the clone, run from its parent) cannot shadow the packages.
+    command = [sys.executable, "-P", "-m", "deepscreen.cli", "dashboard"]
     proc = subprocess.Popen([*command, "--host", host, "--port", str(port)], env=env)
 
     def stop(signum: int, _frame: Any) -> None:
