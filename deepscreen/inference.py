@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,9 @@ class Classifier:
             )
         self.labels, self.threshold, self.preprocessing = _parse_card(self.card, self.model_dir)
         self.face_stage = _parse_face_stage(self.card, self.model_dir)
-        self._detector: FaceDetector | None = None
+        # One detector per thread: a LiteRT interpreter is not thread-safe, and workers
+        # prepare a batch's images in several fetch threads at once.
+        self._detectors = threading.local()
         self._interpreter = _make_interpreter(model_bytes, num_threads, self.model_dir)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -168,12 +171,15 @@ class Classifier:
 
     @property
     def detector(self) -> FaceDetector:
-        """The face detector of the card's face stage (loaded on first use)."""
+        """This thread's face detector for the card's face stage (loaded on first use).
+        `prepare` is therefore safe to call from several threads at once."""
         if self.face_stage is None:
             raise ModelError(f"{self.model_dir}: the model has no face stage")
-        if self._detector is None:
-            self._detector = FaceDetector(self.face_stage, num_threads=1)
-        return self._detector
+        detector = getattr(self._detectors, "detector", None)
+        if detector is None:
+            detector = FaceDetector(self.face_stage, num_threads=1)
+            self._detectors.detector = detector
+        return detector
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode ``data`` and cut the model's inputs exactly as training did.

@@ -14,7 +14,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
-from weakref import WeakKeyDictionary
 
 from botocore.client import BaseClient
 from sqlalchemy import Engine
@@ -64,8 +63,6 @@ class Runtime:
         self._s3_client: BaseClient | None = None
         self._stores: dict[str, ImageStore] = {}
         self._fetch_pool: ThreadPoolExecutor | None = None
-        #: One lock per classifier with a face stage: its detector is one interpreter.
-        self._prepare_locks: WeakKeyDictionary[Classifier, threading.Lock] = WeakKeyDictionary()
 
     def _check_process(self) -> None:
         """After a fork, forget the parent's resources (without closing them)."""
@@ -112,15 +109,9 @@ class Runtime:
             return self._fetch_pool
 
     def prepare(self, classifier: Classifier, data: bytes) -> PreparedImage:
-        """``classifier.prepare(data)``, safe from any fetch thread: decoding runs in
-        parallel, face detection (one LiteRT interpreter per classifier) one image at a
-        time per classifier, overlapping the other model's and the classifier's work."""
-        if classifier.face_stage is None:
-            return classifier.prepare(data)
-        with self._lock:
-            lock = self._prepare_locks.setdefault(classifier, threading.Lock())
-        with lock:
-            return classifier.prepare(data)
+        """``classifier.prepare(data)``, from any fetch thread: the classifier keeps one
+        face detector per thread, so decoding and detection run in parallel."""
+        return classifier.prepare(data)
 
     @property
     def model_version_id(self) -> int:

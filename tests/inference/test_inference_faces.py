@@ -173,3 +173,19 @@ def test_the_detector_falls_back_for_faces_cut_by_the_frame() -> None:
     f = faces[0]
     half = img.crop((0, 0, round((f.x0 + f.x1) / 2 + 4), img.height))
     assert detector.detect(half), "the half face was not found"
+
+
+@needs_shared
+def test_prepare_is_safe_from_several_threads(face_model: Classifier) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Given images with faces, prepared one by one
+    blobs = [p.read_bytes() for p in _shared_sample(per_folder=2)]
+    expected = [face_model.prepare(b) for b in blobs]
+    # When four threads prepare them at once, several times over
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(face_model.prepare, blobs * 3))
+    # Then every thread cut exactly the same crops (one detector per thread)
+    for want, have in zip(expected * 3, got, strict=True):
+        assert want.faces == have.faces
+        assert np.array_equal(want.inputs, have.inputs)
