@@ -45,7 +45,8 @@ def register_create_user(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "create-user",
         help="create a dashboard account (or reset one with --update)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        # The module docstring in plain text: no reST literals in a terminal.
+        description=__doc__.split("\n\n", 1)[1].replace("``", "") if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("username", metavar="NAME", help="the login name (up to 64 characters)")

@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import sys
 from importlib.metadata import entry_points
+from typing import Any
 
 from deepscreen import __version__
 
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deepscreen {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, action=_Commands
+    )
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         extra = ep.module.split(".")[0]
         if extra in EXTRA_MODULES and not installed(EXTRA_MODULES[extra]):
@@ -59,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         register(subparsers)
     return parser
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose ``--help`` falls back to their one-line help as a description."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        summary = kwargs.get("help")
+        if summary and not kwargs.get("description"):
+            kwargs["description"] = summary[0].upper() + summary[1:] + "."
+        return super().add_parser(name, **kwargs)
 
 
 def installed(modules: tuple[str, ...]) -> bool:

@@ -26,7 +26,8 @@ def register_run(subparsers: Any) -> None:
         "are kept in the database (default: SQLite under DEEPSCREEN_DATA_DIR); running "
         "again classifies only new or changed files.",
     )
-    p.add_argument("folder", type=Path, metavar="FOLDER")
+    # Optional for argparse only: `run --serve FOLDER` hands FOLDER to --serve (see _Serve).
+    p.add_argument("folder", type=Path, nargs="?", metavar="FOLDER")
     p.add_argument(
         "--max-rows",
         type=int,
@@ -43,22 +44,49 @@ def register_run(subparsers: Any) -> None:
     p.add_argument(
         "--serve",
         nargs="?",
-        type=int,
+        action=_Serve,
         const=8000,
         default=None,
         metavar="PORT",
         help="after the run, serve the dashboard on the results at http://127.0.0.1:PORT/ "
-        "(default port: 8000) until Ctrl-C; put it after FOLDER",
+        "(default port: 8000) until Ctrl-C",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, serve_folder=None)
+
+
+class _Serve(argparse.Action):
+    """``--serve [PORT]``: a value that is not a port number is the folder, so that
+    ``run --serve FOLDER`` means what ``run FOLDER --serve`` does."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(values, str) and not values.isdigit():
+            namespace.serve_folder = Path(values)
+            values = self.const
+        namespace.serve = int(values)
+
+
+def chosen_folder(args: argparse.Namespace) -> Path | None:
+    """The FOLDER of ``deepscreen run``, wherever it stood; None if none or two were given."""
+    given = [f for f in (args.folder, args.serve_folder) if f is not None]
+    return given[0] if len(given) == 1 else None
 
 
 def run(args: argparse.Namespace) -> int:
     from deepscreen.config import Settings
-    from worker.embedded import OK, run_folder, serve_dashboard
+    from worker.embedded import OK, USAGE_ERROR, run_folder, serve_dashboard
 
+    folder = chosen_folder(args)
+    if folder is None:
+        print("deepscreen run: error: give one FOLDER", file=sys.stderr)
+        return USAGE_ERROR
     status = run_folder(
-        args.folder,
+        folder,
         Settings.from_env(),
         progress=args.progress,
         max_rows=args.max_rows,

@@ -92,6 +92,13 @@ def run_folder(
     ``serve_port``: the dashboard will be served on it after the run (the summary says so).
     """
     folder = folder.expanduser().resolve()
+    if folder.is_file():
+        print(
+            f"deepscreen run: error: {folder} is a file, not a folder "
+            "(for single files: deepscreen classify FILE)",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     if not folder.is_dir():
         print(f"deepscreen run: error: no such folder: {folder}", file=sys.stderr)
         return USAGE_ERROR

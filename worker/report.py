@@ -37,9 +37,9 @@ def print_report(
     if shown:
         out.write("\n")
         print_table(shown, out)
-        hidden = len(rows) - len(shown)
-        if hidden:
-            out.write(f"({hidden} more images not listed)\n")
+    hidden = len(rows) - len(shown)
+    if hidden:
+        out.write(f"({hidden} more images not listed; --max-rows {len(rows)} lists them)\n")
     out.write("\n" + counts_line(rows, labels) + "\n")
     reasons = Counter(
         (image.failure_reason or "unknown").split(":", 1)[0]

@@ -118,7 +118,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def iter_images(paths: Iterable[Path], *, recursive: bool) -> Iterator[Path]:
-    """Files named explicitly, then image files found in folders, sorted per folder."""
+    """Files named explicitly, then image files found in folders, sorted per folder;
+    each file once, however often it is named (as given the first time)."""
+    seen: set[Path] = set()
+    for path in _named_or_found(paths, recursive=recursive):
+        real = path.resolve()
+        if real not in seen:
+            seen.add(real)
+            yield path
+
+
+def _named_or_found(paths: Iterable[Path], *, recursive: bool) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             found = path.rglob("*") if recursive else path.iterdir()
