@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         retraining,
         review,
         stats,
+        unfinished,
         users,
         webhooks,
     )
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     for blueprint in (
         auth.bp,
         review.bp,
+        unfinished.bp,
         audit.bp,
         users.bp,
         stats.bp,

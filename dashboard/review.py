@@ -20,7 +20,7 @@ from flask import (
 )
 from sqlalchemy import select
 
-from dashboard import audit, db, decisions, queue
+from dashboard import audit, db, decisions, queue, unfinished
 from dashboard.auth import can, login_required
 from dashboard.filters import VerdictFilter
 from dashboard.queue import Cursor, Order
@@ -40,6 +40,8 @@ SERVABLE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/b
 
 
 def _listing(order: Order, default_state: str, template: str) -> str:
+    if request.args.get("state") in unfinished.STATES:
+        return unfinished.render_listing()  # images, not verdicts
     filters, errors = VerdictFilter.from_args(request.args, default_state=default_state)
     for message in errors:
         flash(message, "warning")
@@ -60,7 +62,7 @@ def _listing(order: Order, default_state: str, template: str) -> str:
         order=order.value,
         models=dbs.scalars(select(ModelVersion).order_by(ModelVersion.id)).all(),
         now=utcnow(),
-        states=["queue", "all", *[s.value for s in ReviewState]],
+        states=["queue", "all", *[s.value for s in ReviewState], *unfinished.STATES],
         reasons=[r.value for r in ReviewReason],
         labels=[*decisions.DEFAULT_LABELS, NO_FACE],
     )

@@ -19,7 +19,7 @@ from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from dashboard import charts, db
+from dashboard import charts, db, unfinished
 from dashboard.auth import login_required
 from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ImageStatus, ModelVersion
@@ -91,6 +91,7 @@ def index() -> str:
         histogram_chart=charts.histogram(bins, edges=edges, title="Scores of current verdicts"),
         unscored=unscored_count(session=dbs),
         overrides=override_rates(session=dbs),
+        unfinished=unfinished.counts(session=dbs),
         queue=queue,
         queue_total=sum(r.count for r in queue),
         oldest=min((r.oldest for r in queue if r.oldest), default=None),
