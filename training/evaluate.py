@@ -232,6 +232,12 @@ def evaluate_scores(
     return Evaluation(threshold, both(everything), per_source, per_difficulty)
 
 
+def cell_text_colour(rgba: Sequence[float]) -> str:
+    """Black on a light cell, white on a dark one (relative luminance below 0.4)."""
+    r, g, b = (float(c) for c in rgba[:3])
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.4 else "black"
+
+
 def write_plots(scores: np.ndarray, samples: Sequence[Sample], threshold: float, out: Path) -> list[str]:
     """ROC curves (overall and per source) and the confusion matrix as PNGs."""
     import matplotlib
@@ -258,9 +264,10 @@ def write_plots(scores: np.ndarray, samples: Sequence[Sample], threshold: float,
 
     cm = confusion_matrix(labels, (scores >= threshold).astype(int), labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(cm, cmap="Blues")
+    cells = ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="black")
+        colour = cell_text_colour(cells.cmap(cells.norm(v)))
+        ax.text(j, i, str(v), ha="center", va="center", color=colour, fontsize=14)
     ax.set_xticks([0, 1], [f"pred {LABELS[0]}", f"pred {LABELS[1]}"])
     ax.set_yticks([0, 1], [f"true {LABELS[0]}", f"true {LABELS[1]}"])
     ax.set_title(f"Confusion at threshold {threshold:.3f}")
