@@ -17,14 +17,20 @@ from markupsafe import Markup, escape
 #: Fill of the marks (the stylesheet may override it through the class names); text and
 #: axes use ``currentColor``, so they follow the page's text colour.
 MARK_COLOUR = "#3b6fb6"
-FONT_SIZE = 11
+#: The second series of a grouped bar chart: a lighter shade of the first.
+SECOND_COLOUR = "#9db8e0"
+#: In viewBox units; the stylesheet stretches a chart to its card's width, and the
+#: default widths (about a desktop card's) keep the text near this size in pixels.
+FONT_SIZE = 13
+#: Default chart width in viewBox units.
+WIDTH = 1100
 
 
 def bar_chart(
-    items: Sequence[tuple[str, float]], *, title: str, width: int = 480, unit: str = ""
+    items: Sequence[tuple[str, float]], *, title: str, width: int = WIDTH, unit: str = ""
 ) -> Markup:
     """One horizontal bar per ``(label, value)``, labels on the left, values on the right."""
-    row, gap, label_w, value_w = 18, 6, 150, 70
+    row, gap, label_w, value_w = 20, 6, 170, 70
     height = max(1, len(items)) * (row + gap) + gap
     plot_w = width - label_w - value_w
     top = _max(value for _, value in items)
@@ -46,18 +52,66 @@ def bar_chart(
     return _svg(width, height, title, "".join(marks))
 
 
+def grouped_bar_chart(
+    labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float]]],
+    *,
+    title: str,
+    width: int = WIDTH,
+) -> Markup:
+    """Horizontal bars per label, one per series (at most two: ``(name, values)``, the
+    values in the order of ``labels``), on one scale, with a legend above."""
+    if len(series) > 2 or any(len(values) != len(labels) for _, values in series):
+        raise ValueError("one or two series, each with a value per label")
+    colours = (MARK_COLOUR, SECOND_COLOUR)
+    bar, gap, legend_h, label_w, value_w = 16, 10, 26, 170, 70
+    group = bar * len(series) + gap
+    height = legend_h + max(1, len(labels)) * group + gap
+    plot_w = width - label_w - value_w
+    top = _max(v for _, values in series for v in values)
+    parts: list[str] = []
+    for k, (name, _) in enumerate(series):
+        x = label_w + k * 160
+        parts.append(
+            f'<rect class="legend series-{k}" x="{x}" y="4" width="14" height="14" '
+            f'fill="{colours[k]}"/><text x="{x + 20}" y="{4 + 7 + FONT_SIZE / 3:.1f}">'
+            f"{escape(_clip(name, 18))}</text>"
+        )
+    for i, label in enumerate(labels):
+        y0 = legend_h + gap + i * group
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y0 + bar * len(series) / 2 + FONT_SIZE / 3:.1f}" '
+            f'text-anchor="end">{escape(_clip(label))}</text>'
+        )
+        for k, (name, values) in enumerate(series):
+            y, value = y0 + k * bar, values[i]
+            bar_w = plot_w * value / top
+            parts.append(
+                f'<rect class="bar series-{k}" x="{label_w}" y="{y}" width="{bar_w:.1f}" '
+                f'height="{bar - 2}" fill="{colours[k]}"><title>{escape(label)}, '
+                f"{escape(name)}: {escape(_num(value, ''))}</title></rect>"
+                f'<text x="{label_w + bar_w + 4:.1f}" y="{y + bar / 2 + FONT_SIZE / 3 - 1:.1f}">'
+                f"{escape(_num(value, ''))}</text>"
+            )
+    if not labels:
+        parts.append(
+            f'<text x="{width / 2}" y="{legend_h + 20}" text-anchor="middle">no data</text>'
+        )
+    return _svg(width, height, title, "".join(parts))
+
+
 def line_chart(
     points: Sequence[tuple[str, float]],
     *,
     title: str,
-    width: int = 640,
-    height: int = 200,
+    width: int = WIDTH,
+    height: int = 240,
     unit: str = "",
-    ticks: int = 6,
+    ticks: int = 8,
 ) -> Markup:
     """A line (with the area under it) through ``(x label, value)`` points in order,
     with a dot per point and about ``ticks`` x labels."""
-    left, right, top_pad, bottom = 44, 12, 12, 28
+    left, right, top_pad, bottom = 52, 16, 12, 32
     plot_w, plot_h = width - left - right, height - top_pad - bottom
     top = _max(value for _, value in points)
     step = plot_w / max(1, len(points) - 1)
@@ -84,7 +138,7 @@ def line_chart(
         )
         if i % every == 0:
             parts.append(
-                f'<text x="{x:.1f}" y="{base_y + 16}" text-anchor="middle">'
+                f'<text x="{x:.1f}" y="{base_y + 20}" text-anchor="middle">'
                 f"{escape(_clip(label, 14))}</text>"
             )
     if not points:
@@ -97,13 +151,13 @@ def histogram(
     *,
     edges: Sequence[float],
     title: str,
-    width: int = 640,
-    height: int = 200,
+    width: int = WIDTH,
+    height: int = 240,
 ) -> Markup:
     """One column per bin; bin ``i`` spans ``edges[i]`` to ``edges[i + 1]``."""
     if len(edges) != len(counts) + 1:
         raise ValueError(f"{len(counts)} bins need {len(counts) + 1} edges, not {len(edges)}")
-    left, right, top_pad, bottom = 44, 12, 12, 28
+    left, right, top_pad, bottom = 52, 16, 12, 32
     plot_w, plot_h = width - left - right, height - top_pad - bottom
     top = _max(counts)
     col = plot_w / max(1, len(counts))
@@ -117,10 +171,10 @@ def histogram(
             f'width="{max(0.5, col - 2):.1f}" height="{h:.1f}" fill="{MARK_COLOUR}">'
             f"<title>{escape(span)}: {count}</title></rect>"
         )
-    label_every = max(1, len(counts) // 5)
+    label_every = max(1, len(counts) // 10)
     for i in range(0, len(edges), label_every):
         parts.append(
-            f'<text x="{left + i * col:.1f}" y="{base_y + 16}" text-anchor="middle">'
+            f'<text x="{left + i * col:.1f}" y="{base_y + 20}" text-anchor="middle">'
             f"{escape(f'{edges[i]:g}')}</text>"
         )
     return _svg(width, height, title, "".join(parts))

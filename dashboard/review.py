@@ -13,6 +13,7 @@ from flask import (
     current_app,
     flash,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -65,6 +66,7 @@ def _listing(order: Order, default_state: str, template: str) -> str:
         states=["queue", "all", *[s.value for s in ReviewState], *unfinished.STATES],
         reasons=[r.value for r in ReviewReason],
         labels=[*decisions.DEFAULT_LABELS, NO_FACE],
+        view="grid" if request.args.get("view") == "grid" else "list",
     )
 
 
@@ -165,6 +167,13 @@ def decide(image_id: int) -> Any:
     except decisions.InvalidDecision as exc:
         abort(400, description=str(exc))
     dbs.commit()
+    if _wants_json():  # the queue's grid view decides its selection item by item
+        return jsonify(
+            image_id=image_id,
+            action=action.value,
+            state=verdict.state.value,
+            final_label=verdict.final_label,
+        )
     flash(f"image {image_id}: {action.value} recorded", "ok")
     if action is Action.NOTE:
         return redirect(url_for("review.item", image_id=image_id, **_carried()))
@@ -177,6 +186,12 @@ def decide(image_id: int) -> Any:
         flash("The queue is empty for these filters.", "ok")
         return redirect(url_for("review.queue", **filters.to_args()))
     return redirect(url_for("review.item", image_id=nxt, **_carried()))
+
+
+def _wants_json() -> bool:
+    return request.accept_mimetypes.best_match(["text/html", "application/json"]) == (
+        "application/json"
+    )
 
 
 def _carried() -> dict[str, Any]:

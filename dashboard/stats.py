@@ -66,6 +66,7 @@ def index() -> str:
     series = throughput(session=dbs, now=now, days=days, hourly=hourly)
     labels = label_counts(session=dbs)
     final, model = _marginals(labels)
+    names = sorted(set(final) | set(model))
     bins = score_histogram(session=dbs)
     edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
     queue = queue_rows(session=dbs)
@@ -81,12 +82,18 @@ def index() -> str:
         series=series,
         total_done=sum(n for _, n in series),
         throughput_chart=charts.line_chart(points, title=f"Images done per {_unit(hourly)}"),
-        labels=sorted(labels.items()),
-        label_names=sorted(set(final) | set(model)),
+        label_names=names,
         final=final,
         model=model,
-        final_chart=charts.bar_chart(list(final.items()), title="Final labels"),
-        model_chart=charts.bar_chart(list(model.items()), title="Model labels"),
+        labels_chart=charts.grouped_bar_chart(
+            names,
+            [
+                ("final label", [final.get(n, 0) for n in names]),
+                ("model's label", [model.get(n, 0) for n in names]),
+            ],
+            title="Verdicts per label: final and the model's",
+        ),
+        moved=sorted((m, f, n) for (m, f), n in labels.items() if m != f),
         bins=list(zip(edges, edges[1:], bins, strict=False)),
         histogram_chart=charts.histogram(bins, edges=edges, title="Scores of current verdicts"),
         unscored=unscored_count(session=dbs),

@@ -77,3 +77,37 @@ def test_charts_need_nothing_from_outside() -> None:
     svg = str(charts.line_chart([("a", 1), ("b", 2)], title="t"))
     for outside in ("http://", "https://", "<script", "style=", "@import", "href"):
         assert outside not in svg.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_a_grouped_bar_chart_has_one_bar_per_label_and_series_on_one_scale() -> None:
+    root = parse(
+        charts.grouped_bar_chart(
+            ["fake", "real"], [("final", [3, 5]), ("model", [5, 3])], title="Labels"
+        )
+    )
+    bars = [e for e in root.iter(f"{SVG}rect") if "bar" in (e.get("class") or "").split()]
+    assert [e.findtext(f"{SVG}title") for e in bars] == [
+        "fake, final: 3",
+        "fake, model: 5",
+        "real, final: 5",
+        "real, model: 3",
+    ]
+    widths = [float(e.get("width", 0)) for e in bars]
+    assert widths[1] == widths[2] > widths[0] == widths[3] > 0
+    assert len([e for e in root.iter(f"{SVG}rect") if "legend" in (e.get("class") or "")]) == 2
+    with pytest.raises(ValueError):
+        charts.grouped_bar_chart(["a"], [("x", [1, 2])], title="mismatch")
+
+
+def test_charts_are_wide_enough_to_fill_a_card_with_readable_text() -> None:
+    # The stylesheet stretches a chart to its card; the viewBox is about a card's width,
+    # so its text stays near FONT_SIZE pixels on a desktop screen.
+    for svg in (
+        charts.bar_chart([("a", 1)], title="t"),
+        charts.line_chart([("a", 1), ("b", 2)], title="t"),
+        charts.histogram([1], edges=[0, 1], title="t"),
+        charts.grouped_bar_chart(["a"], [("x", [1])], title="t"),
+    ):
+        root = parse(svg)
+        assert float(root.get("viewBox", "0 0 0 0").split()[2]) >= 1000
+        assert int(root.get("font-size", 0)) >= 13
