@@ -29,6 +29,7 @@ from deepscreen.imaging import (
     decode_image,
     open_rgb,
 )
+from deepscreen.litert import make_interpreter
 
 logger = logging.getLogger(__name__)
 
@@ -433,12 +434,8 @@ def _parse_face_stage(card: dict[str, Any], model_dir: Path) -> FaceStage | None
 
 def _make_interpreter(model_bytes: bytes, num_threads: int | None, model_dir: Path) -> Any:
     """A LiteRT interpreter with tensors allocated; LiteRT errors become ModelError."""
-    # Imported here so importing deepscreen.inference stays cheap.
-    from ai_edge_litert.interpreter import Interpreter
-
     try:
-        interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
-        interpreter.allocate_tensors()
+        interpreter = make_interpreter(model_bytes, num_threads)
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{model_dir}: LiteRT cannot load {MODEL_FILE}: {exc}") from exc
     if len(interpreter.get_input_details()) != 1 or len(interpreter.get_output_details()) != 1:

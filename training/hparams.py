@@ -24,9 +24,11 @@ class HParams:
     face_stage: bool = True
     #: The crop's side is the face box's longer side times (1 + face_margin).
     face_margin: float = 0.6
-    #: Detector confidence and smallest face side (px) of the face stage.
-    face_min_confidence: float = 0.6
-    face_min_px: int = 64
+    #: Detector confidence, smallest face side (px) and least detail of the face stage
+    #: (`deepscreen.faces.FaceStage`).
+    face_min_confidence: float = 0.5
+    face_min_px: int = 32
+    face_min_detail: float = 3.0
     #: MobileNetV2 width multiplier.
     alpha: float = 1.0
     #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.

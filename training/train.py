@@ -63,7 +63,10 @@ def face_stage_for(hp: HParams) -> FaceStage | None:
     if not hp.face_stage:
         return None
     return FaceStage(
-        margin=hp.face_margin, min_confidence=hp.face_min_confidence, min_face_px=hp.face_min_px
+        margin=hp.face_margin,
+        min_confidence=hp.face_min_confidence,
+        min_face_px=hp.face_min_px,
+        min_detail=hp.face_min_detail,
     )
 
 
@@ -140,8 +143,14 @@ def _fit(
         loss=keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing),
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
+    # The dataset shuffles itself (training.model.make_dataset).
     hist = model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=2,
+        shuffle=False,
     )
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
