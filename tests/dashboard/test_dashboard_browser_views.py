@@ -222,7 +222,7 @@ def test_stats_audit_and_model_pages_are_legible(
     assert page.locator("#labels figure").count() == 1
     assert page.locator("#labels table").count() == 1
     page.set_viewport_size({"width": 1280, "height": 1800})
-    shoot(page, "stats", tmp_path)
+    shoot(page, "stats-full", tmp_path)
     page.set_viewport_size({"width": 1280, "height": 800})
 
     # And the audit log's dates stay on one line next to long JSON
