@@ -78,6 +78,19 @@ def synthetic_face(rng: np.random.Generator, fake: bool, size: int = 32) -> Imag
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+def glow_fake(rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A new kind of fake for the adaptation tests: a plain `synthetic_face` with a soft
+    pink glow somewhere. Smooth, so it has none of the grid's high frequencies that a
+    model trained on the grid fakes looks for: such a model calls it real."""
+    img = np.asarray(synthetic_face(rng, fake=False, size=size), np.float64)
+    cy, cx = rng.uniform(size / 4, 3 * size / 4, size=2)
+    yy, xx = np.mgrid[0:size, 0:size]
+    sigma = 7.0 * size / 32
+    glow = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))[..., None]
+    img = img * (1 - glow) + np.array([230.0, 60.0, 230.0]) * glow
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
 def write_images(
     folder: Path, n: int, fake: bool, rng: np.random.Generator, prefix: str = ""
 ) -> list[Path]:

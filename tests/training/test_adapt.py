@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sample_images import synthetic_face
+from sample_images import glow_fake, synthetic_face
 from tiny_model import TINY
 
 from deepscreen.cli import main
@@ -27,17 +27,6 @@ from training.gate import GateSets, gate_report
 from training.hparams import load_hparams
 
 pytestmark = pytest.mark.slow
-
-
-def stamped(rng: np.random.Generator) -> Image.Image:
-    """The new kind of fake: a plain image with a soft pink glow somewhere (smooth, so
-    it has none of the grid's high frequencies the base model looks for)."""
-    img = np.asarray(synthetic_face(rng, fake=False), np.float64)
-    cy, cx = rng.uniform(8, 24, size=2)
-    yy, xx = np.mgrid[0:32, 0:32]
-    glow = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 7.0**2))[..., None]
-    img = img * (1 - glow) + np.array([230.0, 60.0, 230.0]) * glow
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
 def _write(folder: Path, images: list[Image.Image], prefix: str) -> list[Path]:
@@ -72,11 +61,11 @@ def new_kind(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     root = tmp_path_factory.mktemp("newkind")
     rng = np.random.default_rng(11)
     return {
-        "flag_fakes": _write(root / "flags", [stamped(rng) for _ in range(40)], "fake_"),
+        "flag_fakes": _write(root / "flags", [glow_fake(rng) for _ in range(40)], "fake_"),
         "flag_reals": _write(
             root / "flags", [synthetic_face(rng, fake=False) for _ in range(40)], "real_"
         ),
-        "held_out": _write(root / "held", [stamped(rng) for _ in range(60)], "fake_"),
+        "held_out": _write(root / "held", [glow_fake(rng) for _ in range(60)], "fake_"),
     }
 
 
