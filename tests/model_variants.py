@@ -16,6 +16,21 @@ from deepscreen.inference import default_model_dir
 COPIED = ("model_card.json", "report.md")
 
 
+def whole_image_model(folder: Path) -> Path:
+    """The packaged model in ``folder`` with the face stage taken out of its card: the
+    same ``.tflite`` (and version), classifying whole images resized to its input.
+
+    Generated test images have no faces, so tests of decoding, batching and the
+    pipeline's mechanics use this; the face stage has tests of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.tflite", *COPIED):
+        shutil.copy(default_model_dir() / name, folder / name)
+    card = json.loads((folder / "model_card.json").read_text())
+    card.pop("face_stage", None)
+    (folder / "model_card.json").write_text(json.dumps(card, indent=2))
+    return folder
+
+
 def model_variant(
     folder: Path, *, pad: int = 16, threshold: float = 0.5, face_stage: FaceStage | None = None
 ) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from model_variants import whole_image_model
 from PIL import Image
 
 from deepscreen.imaging import Preprocessing
@@ -25,12 +26,14 @@ Encode = Callable[..., bytes]
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
-    """The bundled default model; its absence is a failure, not a skip."""
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled default model as a whole-image classifier (its card without the face
+    stage; same file, same version): these tests pin decoding and the card's contract
+    on generated images, which have no faces. Its absence is a failure, not a skip."""
     path = default_model_dir()
     assert (path / MODEL_FILE).is_file(), f"no default model at {path}"
     assert (path / CARD_FILE).is_file(), f"no model card at {path}"
-    return path
+    return whole_image_model(tmp_path_factory.mktemp("whole") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -33,12 +33,12 @@ def table_rows(out: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in lines[1:-1]}
 
 
-def test_table_for_files(capsys, folder, classifier):
-    # Given two image files named explicitly
+def test_table_for_files(capsys, folder, classifier, model_dir):
+    # Given two image files named explicitly (and a whole-image model: they have no face)
     a, b = folder / "a.jpg", folder / "b.png"
 
     # When they are classified
-    status = main(["classify", str(a), str(b), "--threads", "1"])
+    status = main(["classify", str(a), str(b), "--threads", "1", "--model", str(model_dir)])
 
     # Then a header, one row each with score and label, and a summary
     out = capsys.readouterr().out
@@ -58,8 +58,8 @@ def test_table_for_files(capsys, folder, classifier):
     assert len(set(ends)) == 1
 
 
-def test_folder_with_a_corrupt_file_lists_the_reason_and_exits_0(capsys, folder):
-    status = main(["classify", str(folder), "--threads", "1"])
+def test_folder_with_a_corrupt_file_lists_the_reason_and_exits_0(capsys, folder, model_dir):
+    status = main(["classify", str(folder), "--threads", "1", "--model", str(model_dir)])
 
     out = capsys.readouterr().out
     assert status == 0
@@ -88,8 +88,11 @@ def test_no_recursive_stays_in_the_folder(capsys, folder):
     assert len(paths) == 3
 
 
-def test_json_output(capsys, folder, classifier):
-    status = main(["classify", str(folder), "--json", "--batch", "2", "--threads", "1"])
+def test_json_output(capsys, folder, classifier, model_dir):
+    status = main(
+        ["classify", str(folder), "--json", "--batch", "2", "--threads", "1",
+         "--model", str(model_dir)]
+    )
 
     captured = capsys.readouterr()
     assert status == 0

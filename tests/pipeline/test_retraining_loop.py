@@ -1,12 +1,14 @@
 """The whole retraining loop on the production stack (Redis, PostgreSQL, SeaweedFS),
 with real ``deepscreen worker`` and ``deepscreen training-worker`` processes and the
-dashboard driven as moderators and an admin use it:
+dashboard driven as moderators and an admin use it, in adapt mode:
 
-the packaged model misses a new kind of fake -> moderators flag its misses -> an admin
-starts a run -> the training worker trains a tiny model, the gate passes it, it is
-registered in a SeaweedFS registry bucket as a candidate -> the admin promotes it ->
-the running classify worker serves it without a restart, and new verdicts carry its
-version -> the admin rolls back -> the worker serves the old model again.
+the active model (a tiny one, with its Keras weights in the registry) misses a new
+kind of fake -> moderators flag its misses -> an admin starts a run -> the training
+worker adapts the active model from its own weights on the flags plus a replay of the
+base data, the gate passes it, it is registered in a SeaweedFS registry bucket as a
+candidate -> the admin promotes it -> the running classify worker serves it without a
+restart, and new verdicts carry its version -> the admin rolls back -> the worker
+serves the old model again.
 
 (A candidate made deliberately worse is refused: tests/training/test_retrain.py.)
 """
@@ -25,12 +27,14 @@ import pytest
 from dashboard_helpers import PASSWORD, login, token_of
 from flask.testing import FlaskClient
 from pipeline_helpers import Process, ingest_bucket, wait_decided, wait_for
-from sample_images import synthetic_face, write_images
+from sample_images import glow_fake, synthetic_face, write_images
 from sqlalchemy import Engine, select
-from tiny_model import RETRAIN_RECIPE
+from tiny_model import RETRAIN_RECIPE, TINY
 
 from dashboard import create_app
 from dashboard.auth import new_user
+from deepscreen import registry
+from deepscreen.cli import main
 from deepscreen.config import Settings
 from deepscreen.db.models import Image, ModelStatus, ModelVersion
 from deepscreen.db.moderation import AuditEvent, Role, Verdict
@@ -41,12 +45,13 @@ from deepscreen.storage import S3Store, make_s3_client
 
 pytestmark = pytest.mark.slow
 
-#: The tests' tiny model, trained from scratch in one compiled phase.
+#: How the tiny active model is adapted: every layer, a rate a tiny model learns at.
 RECIPE = (
     *RETRAIN_RECIPE,
     "head_epochs=0",
     "fine_tune_epochs=12",
-    "fine_tune_learning_rate=0.003",
+    "fine_tune_from=0",
+    "fine_tune_learning_rate=0.002",
     "early_stopping_patience=12",
 )
 #: Seconds for a worker to start and classify a bucket.
@@ -60,8 +65,9 @@ PER_CLASS = 12
 
 
 def _png(fake: bool, rng: np.random.Generator) -> bytes:
+    """A plain image, or one of the new kind of fake the active model misses."""
     buf = io.BytesIO()
-    synthetic_face(rng, fake).save(buf, "PNG")
+    (glow_fake(rng) if fake else synthetic_face(rng, False)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -115,11 +121,22 @@ def test_flags_retrain_promote_serve_and_roll_back(
         retrain_data=(f"tree:{tree}",),
         retrain_weights="none",
         retrain_from="active",
+        retrain_mode="adapt",
         retrain_hparams=RECIPE,
         retrain_auto_promote=False,
         secret_key="loop-test-secret-" + "x" * 32,
         cookie_secure=False,
     )
+    # And an active model trained on the base data (grid-traced fakes), published with
+    # its Keras weights
+    base_dir = tmp_path / "base-model"
+    args = [a for p in TINY for a in ("--set", p)]
+    assert main(["train", "--data", f"tree:{tree}", "--out", str(base_dir), *args]) == 0
+    assert (base_dir / "model.weights.h5").is_file()
+    with session_scope(make_session_factory(stack_engine)) as session:
+        base_version = registry.publish(base_dir, settings=settings, session=session)
+        registry.activate(session, base_version.id)
+        base_version_id = base_version.id
     env = {
         **stack_env,
         "DEEPSCREEN_MODEL_REGISTRY_URL": settings.model_registry_url,
@@ -127,6 +144,7 @@ def test_flags_retrain_promote_serve_and_roll_back(
         "DEEPSCREEN_RETRAIN_DATA": settings.retrain_data[0],
         "DEEPSCREEN_RETRAIN_WEIGHTS": "none",
         "DEEPSCREEN_RETRAIN_FROM": "active",
+        "DEEPSCREEN_RETRAIN_MODE": "adapt",
         "DEEPSCREEN_RETRAIN_HPARAMS": ",".join(RECIPE),
         "DEEPSCREEN_RETRAIN_AUTO_PROMOTE": "false",
     }
@@ -155,11 +173,11 @@ def test_flags_retrain_promote_serve_and_roll_back(
         assert len(found) == 2 * PER_CLASS, worker.output()
         return found
 
-    # When the worker classifies a first bucket with the packaged model
+    # When the worker classifies a first bucket with the active model
     first = classify_new_bucket()
     [old_id] = {v[2] for v in first.values()}
     missed = {key: v for key, v in first.items() if v[1] != truth(key)}
-    # (The packaged model was trained on faces: it calls these grid-traced fakes real.)
+    # (It learnt grid-traced fakes: it calls the glowing ones real.)
     assert len(missed) >= PER_CLASS // 2, first
 
     # And moderators flag every miss in the dashboard, with the right label
@@ -189,13 +207,16 @@ def test_flags_retrain_promote_serve_and_roll_back(
     wait_for(run_done, timeout=TRAIN_DEADLINE, what=f"training run {run_id}", interval=1)
     print(f"retraining run on the training worker: {time.monotonic() - started:.1f} s")
 
-    # Then the training worker trained on base data + flags, the gate passed the
-    # candidate against the packaged model, and it is registered but not active
+    # Then the training worker adapted the active model on its flags plus a replay of
+    # the base data, the gate passed the candidate against it, and it is registered
+    # but not active
     with session_scope(factory) as session:
         run = session.get_one(TrainingRun, run_id)
         report = run.gate_report or {}
         assert run.status is RunStatus.REGISTERED, (run.error, report, trainer.output()[-3000:])
         assert run.corrections == len(missed) and report["training"]["corrections"] == len(missed)
+        assert report["training"]["mode"] == "adapt", report["training"]
+        assert report["decided_by"] == "fixes-corrections", report["reasons"]
         assert run.base_model_version_id == old_id
         assert report["criteria"]["golden"]["active_auc"] is not None
         regression = report["regression"]
@@ -213,7 +234,7 @@ def test_flags_retrain_promote_serve_and_roll_back(
     time.sleep(SETTLE)
     second = classify_new_bucket()
     # Then the same worker, never restarted, serves it: every new verdict carries the
-    # new version, and it catches the fakes the packaged model missed
+    # new version, and it catches the fakes the old model missed
     assert {v[2] for v in second.values()} == {new_id}, worker.output()[-3000:]
     assert f"serving model {new_sha[:12]} (version {new_id}), was " in worker.output()
     print(
@@ -221,7 +242,7 @@ def test_flags_retrain_promote_serve_and_roll_back(
     )
     assert accuracy(second) >= 0.75 > accuracy(first), (second, first)
 
-    # When the admin rolls back to the packaged model
+    # When the admin rolls back to the old model
     post_form(admin, f"/models/{old_id}/activate", f"/models/{old_id}", intent="rollback")
     time.sleep(SETTLE)
     third = classify_new_bucket()
@@ -233,6 +254,7 @@ def test_flags_retrain_promote_serve_and_roll_back(
         )
         actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
     assert statuses == {old_id: ModelStatus.ACTIVE, new_id: ModelStatus.RETIRED}
+    assert old_id == base_version_id
     # And every step is in the audit log
     assert [a for a in actions if a.startswith(("training.", "model."))] == [
         "training.start",

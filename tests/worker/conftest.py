@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from model_variants import whole_image_model
 from sample_images import CORRUPT_FILES, generated_images
 
 from deepscreen.config import Settings
@@ -52,9 +53,11 @@ def settings(pipeline_database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def classifier() -> Classifier:
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    """The packaged model as a whole-image classifier: generated images have no faces
+    (the face stage's path through the worker: test_worker_faces.py)."""
     # One thread: a model may be training on the same two cores.
-    return Classifier(num_threads=1)
+    return Classifier(whole_image_model(tmp_path_factory.mktemp("whole")), num_threads=1)
 
 
 @pytest.fixture
