@@ -9,7 +9,7 @@ SeaweedFS; then, timed: ``ingest`` registers them in a fresh PostgreSQL database
 queues classify batches on Redis, and a ``deepscreen worker`` subprocess with
 ``--workers`` prefork processes (one LiteRT thread each) classifies them. Printed,
 from the same run: end-to-end images/s; the inference-only rate of
-`deepscreen.inference` (decode + batched predict on the same bytes in memory, on the
+`deepscreen.inference` (prepare, the face stage included, + batched predict on the same bytes in memory, on the
 same cores, best of ``workers`` processes x 1 thread and 1 process x ``workers``
 threads, at batch 1 and at the classify batch size); their ratio; p50/p95 latency from registration to verdict; peak RSS per
 worker process; last, ``ratio: X.XX``. Project target: ratio >= 0.65.
@@ -228,9 +228,10 @@ def _load(threads: int) -> None:
 
 
 def _classify(batch: list[bytes]) -> int:
+    """Prepare (decode, and the face stage when the model has one) and score a batch,
+    as a worker does, without the queue, store and database around it."""
     assert _classifier is not None
-    pixels = np.stack([_classifier.decode(data).pixels for data in batch])
-    _classifier.predict_pixels(pixels)
+    _classifier.predict_prepared([_classifier.prepare(data) for data in batch])
     return len(batch)
 
 

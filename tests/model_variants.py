@@ -35,7 +35,8 @@ def model_variant(
     folder: Path, *, pad: int = 16, threshold: float = 0.5, face_stage: FaceStage | None = None
 ) -> Path:
     """The default model in ``folder`` with ``pad`` bytes appended and ``threshold``;
-    with ``face_stage`` in its card, it classifies face crops (``no_face`` without one)."""
+    with ``face_stage`` in its card it classifies face crops (``no_face`` without one),
+    without, whole images."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         shutil.copy(default_model_dir() / name, folder / name)
@@ -47,6 +48,8 @@ def model_variant(
         name=f"{card.get('name', 'model')}-variant-{pad}",
         threshold=threshold,
     )
+    # Whole images unless asked otherwise, whatever the packaged card says.
+    card.pop("face_stage", None)
     if face_stage is not None:
         card["face_stage"] = face_stage.to_card()
     (folder / "model_card.json").write_text(json.dumps(card, indent=2))

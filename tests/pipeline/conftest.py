@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from model_variants import whole_image_model
 from pipeline_helpers import Process, clean_env
 from sample_images import CORRUPT_FILES, generated_images, shared_images
 from services import free_port, unavailable
@@ -84,20 +85,31 @@ def start_process(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         process.stop(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def whole_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged model as a whole-image classifier: the generated images these tests
+    put through the pipeline have no faces (the face stage's path: test_worker_faces,
+    test_pipeline_embedded)."""
+    return whole_image_model(tmp_path_factory.mktemp("whole-model"))
+
+
 @pytest.fixture
 def stack_settings(
     seaweedfs,  # type: ignore[no-untyped-def]
     make_postgres_database: Callable[[], str],
     redis_broker_url: str,
     tmp_path: Path,
+    whole_model_dir: Path,
 ) -> Settings:
-    """S3 on SeaweedFS, a fresh migrated PostgreSQL database, this run's Redis database."""
+    """S3 on SeaweedFS, a fresh migrated PostgreSQL database, this run's Redis database,
+    the whole-image model."""
     settings = seaweedfs.settings(
         data_dir=tmp_path / "data",
         database_url=make_postgres_database(),
         broker_url=redis_broker_url,
         s3_max_attempts=3,
         inference_threads=1,
+        model_dir=whole_model_dir,
     )
     migrate.upgrade(settings)
     return settings
@@ -117,6 +129,7 @@ def stack_env(stack_settings: Settings) -> dict[str, str]:
         s3_secret_access_key=s.s3_secret_access_key,
         inference_threads=1,
         worker_concurrency=1,
+        model_dir=s.model_dir,
     )
 
 
