@@ -63,6 +63,10 @@ FAKE_FAMILY_NAMES = {
 }
 
 
+#: Least reals a source needs for the per-source false-positive bound to apply.
+MIN_REALS_PER_SOURCE = 20
+
+
 def threshold_for_sources(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -86,20 +90,26 @@ def threshold_for_sources(
     if not real_sources:
         return 0.5
     per_source = [np.sort(scores[(labels == 0) & (src == name)]) for name in real_sources]
+    # A source with fewer reals than this cannot show a rate of target + tolerance (one
+    # image is more than that): it counts in the mean, not in the per-source bound.
+    measurable = [len(r) >= MIN_REALS_PER_SOURCE for r in per_source]
     lower = None
     for candidate in np.unique(scores[labels == 0]):
         # Threshold just above ``candidate``: reals scoring above it are flagged.
         fprs = [float(np.mean(r > candidate)) for r in per_source]
-        if np.mean(fprs) <= target_fpr and max(fprs) <= target_fpr + tolerance:
+        bounded = [f for f, ok in zip(fprs, measurable, strict=True) if ok]
+        if np.mean(fprs) <= target_fpr and max(bounded, default=0.0) <= target_fpr + tolerance:
             lower = float(candidate)
             break
     if lower is None:
-        return float(np.max(scores)) + margin
+        return 1.0
     for upper in np.unique(scores[scores > lower]).astype(float):
         if upper - lower >= 2 * margin:
-            return (lower + upper) / 2
+            return min(1.0, (lower + upper) / 2)
         lower = upper
-    return lower + margin
+    # Saturated scores: a threshold above every score would call nothing fake; the card
+    # keeps thresholds within [0, 1].
+    return min(1.0, lower + margin)
 
 
 def fpr_per_real_source(

@@ -86,3 +86,22 @@ def test_threshold_for_sources_holds_on_every_real_source() -> None:
     pooled = threshold_at_fpr(scores, labels, 0.05)
     assert np.mean(small >= pooled) > 0.07
     assert not np.any(np.abs(scores - t) < 1e-3)
+
+
+def test_threshold_for_sources_stays_in_range_with_small_and_saturated_sources() -> None:
+    from training.evaluate import threshold_for_sources
+
+    # Given a tiny real source (8 images) with one real scored like the fakes, and
+    # saturated fake scores
+    big = np.linspace(0.0, 0.6, 400)
+    tiny = np.r_[np.linspace(0.1, 0.3, 7), 0.9995]
+    scores = np.r_[big, tiny, np.full(50, 1.0)]
+    labels = np.r_[np.zeros(408), np.ones(50)].astype(int)
+    sources = ["big"] * 400 + ["tiny"] * 8 + ["fake"] * 50
+    # When the threshold is chosen
+    t = threshold_for_sources(scores, labels, sources, 0.05)
+    # Then the tiny source counts in the mean but does not force the threshold above
+    # every real, and the threshold stays a probability the card accepts
+    assert 0.0 <= t <= 1.0
+    assert t < 0.9995
+    assert np.mean(big >= t) <= 0.07
