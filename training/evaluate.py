@@ -77,7 +77,7 @@ def threshold_for_sources(
 ) -> float:
     """A threshold whose false-positive rate, pooled over the real sources with each
     source weighted equally, is <= ``target_fpr``, and on no single real source above
-    ``target_fpr + tolerance``.
+    ``target_fpr + tolerance`` (sources of at least `MIN_REALS_PER_SOURCE` reals).
 
     Pooling by count would let the largest real source set the threshold and a small
     one (large stock photos, say) be flagged far more often than the card says. The
@@ -90,15 +90,18 @@ def threshold_for_sources(
     if not real_sources:
         return 0.5
     per_source = [np.sort(scores[(labels == 0) & (src == name)]) for name in real_sources]
-    # A source with fewer reals than this cannot show a rate of target + tolerance (one
-    # image is more than that): it counts in the mean, not in the per-source bound.
-    measurable = [len(r) >= MIN_REALS_PER_SOURCE for r in per_source]
+    # A source with fewer reals than MIN_REALS_PER_SOURCE cannot show a rate near the
+    # target (one image is more than 5 % of it) and would, weighted like the large
+    # ones, decide the threshold alone: it is left out of the rule (and still reported
+    # by `fpr_per_real_source`). With no source that large, all reals pool by count.
+    measured = [r for r in per_source if len(r) >= MIN_REALS_PER_SOURCE]
+    if not measured:
+        measured = [np.sort(scores[labels == 0])]
     lower = None
-    for candidate in np.unique(scores[labels == 0]):
+    for candidate in np.unique(np.concatenate(measured)):
         # Threshold just above ``candidate``: reals scoring above it are flagged.
-        fprs = [float(np.mean(r > candidate)) for r in per_source]
-        bounded = [f for f, ok in zip(fprs, measurable, strict=True) if ok]
-        if np.mean(fprs) <= target_fpr and max(bounded, default=0.0) <= target_fpr + tolerance:
+        fprs = [float(np.mean(r > candidate)) for r in measured]
+        if np.mean(fprs) <= target_fpr and max(fprs) <= target_fpr + tolerance:
             lower = float(candidate)
             break
     if lower is None:

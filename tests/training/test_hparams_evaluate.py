@@ -100,8 +100,8 @@ def test_threshold_for_sources_stays_in_range_with_small_and_saturated_sources()
     sources = ["big"] * 400 + ["tiny"] * 8 + ["fake"] * 50
     # When the threshold is chosen
     t = threshold_for_sources(scores, labels, sources, 0.05)
-    # Then the tiny source counts in the mean but does not force the threshold above
-    # every real, and the threshold stays a probability the card accepts
+    # Then the tiny source does not force the threshold above every real, and the
+    # threshold stays a probability the card accepts
     assert 0.0 <= t <= 1.0
     assert t < 0.9995
     assert np.mean(big >= t) <= 0.07
