@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gate_passed": report["passed"],
             "decided_by": report["decided_by"],
             "wall_time_s": round(seconds, 1),
-            "train_s": card["training"]["train_wall_time_s"],
+            "train_s": round(result.wall_time_s, 1),
+            "version": card["version"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
