@@ -22,6 +22,7 @@ A benchmark, not a test: each row is one training run (tens of minutes on 2 core
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def cap_groups(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
         if split == "valid":
             out += members
             continue
-        members.sort(key=lambda s: hash((seed, str(s.path))) & 0xFFFFFFFF)
+        members.sort(key=lambda s: hashlib.sha256(f"{seed}:{s.path}".encode()).hexdigest())
         out += members[:cap]
     return out
 

@@ -25,6 +25,14 @@ import numpy as np
 from PIL import Image
 
 from deepscreen.errors import ModelError
+from deepscreen.imaging import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    RESAMPLE,
+    OpenedImage,
+    Preprocessing,
+    open_rgb,
+)
 from deepscreen.litert import make_interpreter
 
 FACE_MODEL_DIR = Path(__file__).resolve().parent / "models" / "face"
@@ -288,14 +296,6 @@ class FaceDetector:
         return sorted(out, key=lambda f: -f.side)
 
 
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
 def face_detail(img: Image.Image, face: FaceBox) -> float:
     """Mean absolute Laplacian of the face box's grey pixels at 64x64: eyes, brows and
     mouth give a face edges that a smooth blob does not have."""
@@ -329,8 +329,28 @@ def crop_square(img: Image.Image, face: FaceBox, stage: FaceStage, size: int) ->
     x0 = _slide(x0, side, img.width)
     y0 = _slide(y0, side, img.height)
     crop = img.crop((x0, y0, x0 + side, y0 + side))
-    crop = crop.resize((size, size), _RESAMPLE[stage.resample], reducing_gap=None)
+    crop = crop.resize((size, size), RESAMPLE[stage.resample], reducing_gap=None)
     return np.asarray(crop, dtype=np.uint8)
+
+
+def open_for_faces(
+    data: bytes,
+    stage: FaceStage,
+    prep: Preprocessing,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> OpenedImage:
+    """Decode ``data`` as the face stage needs it: JPEG draft down to no less than
+    ``stage.decode_side``, ``prep``'s background and orientation rules."""
+    return open_rgb(
+        data,
+        draft_side=stage.decode_side if prep.jpeg_draft else None,
+        background=prep.background,
+        exif_transpose=prep.exif_transpose,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+    )
 
 
 def face_inputs(

@@ -25,7 +25,8 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF
 DEFAULT_MAX_BYTES = 40 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 
-_RESAMPLE = {
+#: Pillow filters by the names cards use.
+RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -59,7 +60,7 @@ class Preprocessing:
     in_model: str = field(default="x / 127.5 - 1 (MobileNetV2 scaling) inside the graph")
 
     def __post_init__(self) -> None:
-        if self.resample not in _RESAMPLE:
+        if self.resample not in RESAMPLE:
             raise ValueError(f"unknown resample filter {self.resample!r}")
         if self.resize != "stretch":
             raise ValueError(f"unknown resize mode {self.resize!r}")
@@ -114,7 +115,7 @@ def decode_image(
     rgb = opened.image
     try:
         if rgb.size != prep.size:
-            rgb = rgb.resize(prep.size, _RESAMPLE[prep.resample], reducing_gap=None)
+            rgb = rgb.resize(prep.size, RESAMPLE[prep.resample], reducing_gap=None)
         pixels = np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise UndecodableImage(f"corrupt image data: {exc}") from exc

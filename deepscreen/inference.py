@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 
 from deepscreen.errors import ImageError, ModelError
-from deepscreen.faces import FaceBox, FaceDetector, FaceStage, face_inputs
+from deepscreen.faces import FaceBox, FaceDetector, FaceStage, face_inputs, open_for_faces
 from deepscreen.imaging import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     Preprocessing,
     decode_image,
-    open_rgb,
 )
 from deepscreen.litert import make_interpreter
 
@@ -193,11 +192,10 @@ class Classifier:
             return PreparedImage(
                 decoded.pixels[np.newaxis], (), decoded.width, decoded.height, decoded.format
             )
-        opened = open_rgb(
+        opened = open_for_faces(
             data,
-            draft_side=self.face_stage.decode_side if self.preprocessing.jpeg_draft else None,
-            background=self.preprocessing.background,
-            exif_transpose=self.preprocessing.exif_transpose,
+            self.face_stage,
+            self.preprocessing,
             max_bytes=self.max_bytes,
             max_pixels=self.max_pixels,
         )

@@ -26,8 +26,8 @@ import numpy as np
 
 from deepscreen.config import Settings
 from deepscreen.errors import ImageError, PermanentError
-from deepscreen.faces import FaceDetector, FaceStage, face_inputs
-from deepscreen.imaging import Preprocessing, decode_image, open_rgb
+from deepscreen.faces import FaceDetector, FaceStage, face_inputs, open_for_faces
+from deepscreen.imaging import Preprocessing, decode_image
 from deepscreen.storage import ImageStore, store_for_bucket
 
 log = logging.getLogger(__name__)
@@ -339,12 +339,7 @@ def load_pixels(
         if cached is None:
             if not hasattr(local, "detector"):
                 local.detector = FaceDetector(face_stage, num_threads=1)
-            opened = open_rgb(
-                sample.read_bytes(stores),
-                draft_side=face_stage.decode_side if prep.jpeg_draft else None,
-                background=prep.background,
-                exif_transpose=prep.exif_transpose,
-            )
+            opened = open_for_faces(sample.read_bytes(stores), face_stage, prep)
             crops, _ = face_inputs(opened.image, local.detector, prep.height)
             cached = crops[:1]  # the largest face; shape (0, H, W, 3) when there is none
             cache.put(sample, cached)
