@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ class Classifier:
         # One detector per thread: a LiteRT interpreter is not thread-safe, and workers
         # prepare a batch's images in several fetch threads at once.
         self._detectors = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._interpreter = _make_interpreter(model_bytes, num_threads, self.model_dir)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -262,34 +265,51 @@ class Classifier:
     def classify(self, items: Sequence[bytes]) -> list[Prediction | ImageError]:
         """Classify encoded images; a bad one yields its ImageError in its place.
 
-        Images are prepared and inferred ``max_batch`` at a time, so decoded pixels
-        for at most one batch are held however many items are passed.
+        Images are inferred ``max_batch`` at a time. With ``num_threads`` > 1 they are
+        prepared (decoded, faces found and cut) in that many threads, the next batch's
+        while this one is inferred, so the face stage does not hold the classifier up.
+        Decoded pixels for at most two batches are held however many items are passed.
         """
-        results: list[Prediction | ImageError | None] = [None] * len(items)
-        pending: list[tuple[int, PreparedImage]] = []
-        for index, data in enumerate(items):
-            try:
-                pending.append((index, self.prepare(data)))
-            except ImageError as exc:
-                results[index] = exc
-            if len(pending) == self.max_batch:
-                self._flush(pending, results)
-        self._flush(pending, results)
-        done = [r for r in results if r is not None]
-        assert len(done) == len(items), "every item gets a prediction or an error"
-        return done
+        chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        workers = max(1, self.num_threads or 1)
+        if workers == 1 or len(items) <= 1:
+            return [
+                r for chunk in chunks for r in self._classify_prepared(self._prepare_all(chunk))
+            ]
+        pool = self._prepare_pool(workers)
+        results: list[Prediction | ImageError] = []
+        ahead = [pool.submit(self._prepare_or_error, data) for data in chunks[0]]
+        for index in range(len(chunks)):
+            current = ahead
+            if index + 1 < len(chunks):
+                ahead = [pool.submit(self._prepare_or_error, d) for d in chunks[index + 1]]
+            results.extend(self._classify_prepared([f.result() for f in current]))
+        return results
 
-    def _flush(
-        self,
-        pending: list[tuple[int, PreparedImage]],
-        results: list[Prediction | ImageError | None],
-    ) -> None:
-        if not pending:
-            return
-        predictions = self.predict_prepared([item for _, item in pending])
-        for (index, _), prediction in zip(pending, predictions, strict=True):
-            results[index] = prediction
-        pending.clear()
+    def _prepare_pool(self, workers: int) -> ThreadPoolExecutor:
+        """The threads that prepare images for `classify`, started once: each keeps its
+        own face detector loaded."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
+            return self._pool
+
+    def _prepare_or_error(self, data: bytes) -> PreparedImage | ImageError:
+        try:
+            return self.prepare(data)
+        except ImageError as exc:
+            return exc
+
+    def _prepare_all(self, chunk: Sequence[bytes]) -> list[PreparedImage | ImageError]:
+        return [self._prepare_or_error(data) for data in chunk]
+
+    def _classify_prepared(
+        self, prepared: list[PreparedImage | ImageError]
+    ) -> list[Prediction | ImageError]:
+        """Predictions in place of the prepared images; errors stay where they are."""
+        ok = [item for item in prepared if isinstance(item, PreparedImage)]
+        predictions = iter(self.predict_prepared(ok))
+        return [item if isinstance(item, ImageError) else next(predictions) for item in prepared]
 
     def _prediction(self, score: float) -> Prediction:
         return Prediction(

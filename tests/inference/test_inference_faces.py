@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from deepscreen.errors import ModelError
+from deepscreen.errors import ImageError, ModelError
 from deepscreen.faces import FaceBox, FaceDetector, FaceStage, crop_square
-from deepscreen.inference import NO_FACE, Classifier
+from deepscreen.inference import NO_FACE, Classifier, Prediction
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 needs_shared = pytest.mark.skipif(
@@ -45,7 +45,9 @@ def _text() -> Image.Image:
     img = Image.new("RGB", (400, 200), "white")
     draw = ImageDraw.Draw(img)
     for row in range(6):
-        draw.text((10, 10 + 30 * row), "The quick brown fox jumps over the lazy dog 0123", fill="black")
+        draw.text(
+            (10, 10 + 30 * row), "The quick brown fox jumps over the lazy dog 0123", fill="black"
+        )
     return img
 
 
@@ -189,3 +191,29 @@ def test_prepare_is_safe_from_several_threads(face_model: Classifier) -> None:
     for want, have in zip(expected * 3, got, strict=True):
         assert want.faces == have.faces
         assert np.array_equal(want.inputs, have.inputs)
+
+
+@needs_shared
+def test_classify_in_threads_keeps_order_errors_and_scores(model_copy: Callable[..., Path]) -> None:
+    # Given a two-thread face-stage classifier with small batches, and faces, a
+    # non-face and corrupt bytes interleaved over several batches
+    model = Classifier(model_copy(face_stage=FaceStage().to_card()), num_threads=2, max_batch=4)
+    faces = [p.read_bytes() for p in _shared_sample(per_folder=1)]
+    items = [*faces[:3], b"not an image", _png(non_faces()["noise"]), *faces[3:], b"\xff\xd8"]
+    assert len(items) > 2 * model.max_batch
+    # When it classifies them in one call (prepared in threads, a batch ahead)
+    got = model.classify(items)
+    # Then each result is what the image gets alone, in the same place
+    assert len(got) == len(items)
+    for data, result in zip(items, got, strict=True):
+        try:
+            want = model.classify_one(data)
+        except ImageError as exc:
+            assert isinstance(result, ImageError) and type(result) is type(exc)
+            continue
+        assert isinstance(result, Prediction)
+        assert (result.label, result.faces) == (want.label, want.faces)
+        if want.score is None:
+            assert result.score is None
+        else:
+            assert result.score == pytest.approx(want.score, abs=1e-6)
