@@ -39,6 +39,9 @@ TRAINING_QUEUE = "training"
 
 #: ``classify_batch(image_ids: list[int])``.
 CLASSIFY_BATCH = "deepscreen.classify_batch"
+#: ``classify_pending(image_ids: list[int])``: a wake-up; the worker classifies whatever
+#: is queued, up to a batch (the ids, of the images that sent it, are for the logs).
+CLASSIFY_PENDING = "deepscreen.classify_pending"
 #: ``ingest(url: str)``: list a store URL, register new objects, enqueue them.
 INGEST = "deepscreen.ingest"
 #: ``reconcile()``: re-enqueue images stuck in queued or processing.
@@ -58,6 +61,7 @@ TASK_QUEUES = {
     RETRAIN: TRAINING_QUEUE,
     CHECK_RETRAIN: TRAINING_QUEUE,
     CLASSIFY_BATCH: CLASSIFY_QUEUE,
+    CLASSIFY_PENDING: CLASSIFY_QUEUE,
     INGEST: INGEST_QUEUE,
     RECONCILE: INGEST_QUEUE,
     DELIVER_WEBHOOK: WEBHOOKS_QUEUE,
@@ -193,6 +197,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 def enqueue_classify(app: Celery, image_ids: Sequence[int], *, batch_size: int) -> int:
     """Send one classify task per ``batch_size`` ids; returns how many were sent.
 
+    Full batches name their ids (``classify_batch``). What is left, fewer than a
+    batch (one image from an event or a submission, a small scan), sends a wake-up
+    (``classify_pending``) instead: the worker that takes it classifies whatever is
+    queued by then, so images arriving one by one are classified together under load
+    and at once at idle (`worker.microbatch`).
+
     Call only after the transaction that registered the images has committed, so
     a worker always finds the rows. A broker that cannot be reached raises
     `TransientError`; the images stay queued in the database and the reconciler
@@ -201,9 +211,15 @@ def enqueue_classify(app: Celery, image_ids: Sequence[int], *, batch_size: int) 
     ids = [int(i) for i in image_ids]
     sent = 0
     for start in range(0, len(ids), batch_size):
-        send(app, CLASSIFY_BATCH, args=[ids[start : start + batch_size]])
+        chunk = ids[start : start + batch_size]
+        send(app, CLASSIFY_BATCH if len(chunk) == batch_size else CLASSIFY_PENDING, args=[chunk])
         sent += 1
     return sent
+
+
+def wake_up(app: Celery) -> str:
+    """One more ``classify_pending`` wake-up, from a worker whose batch came back full."""
+    return send(app, CLASSIFY_PENDING, args=[[]])
 
 
 def enqueue_deliveries(

@@ -43,10 +43,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from PIL import Image as PILImage
 from sqlalchemy import null
+from sqlalchemy.orm import Session
 
 from deepscreen.config import Settings
 from deepscreen.db import queries
@@ -92,6 +93,8 @@ class BatchOutcome:
     retry: list[int] = field(default_factory=list)
     #: Webhook deliveries of the ``verdict.created`` events this call emitted.
     deliveries: list[int] = field(default_factory=list)
+    #: Every image the call looked at (the ids given, or the ones a micro-batch took).
+    images: list[int] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -143,9 +146,46 @@ def classify_batch(
     ``enqueue_deliveries(ids)`` sends the webhook deliveries of the new verdicts
     after the commit; if it cannot, the webhook dispatcher sends them later.
     """
+
+    def select_images(session: Session, outcome: BatchOutcome) -> list[Image]:
+        images = queries.get_images_for_update(session=session, ids=image_ids)
+        known = {image.id for image in images}
+        outcome.images.extend(image_ids)
+        outcome.skipped.extend(i for i in sorted(set(image_ids)) if i not in known)
+        return images
+
+    return classify_selected(
+        select_images,
+        runtime=runtime,
+        final_attempt=final_attempt,
+        task_id=task_id,
+        enqueue_deliveries=enqueue_deliveries,
+    )
+
+
+#: Picks, inside the claim's transaction, the locked image rows a batch is about, and
+#: records on the outcome the ids it looked at (`BatchOutcome.images`) and any it
+#: leaves out (unknown ones, as skipped).
+Selector = Callable[[Session, BatchOutcome], Sequence[Image]]
+
+
+def classify_selected(
+    select_images: Selector,
+    *,
+    runtime: Runtime,
+    final_attempt: bool = False,
+    task_id: str = "-",
+    enqueue_deliveries: Callable[[Sequence[int]], object] | None = None,
+    after_claim: Callable[[], object] | None = None,
+) -> BatchOutcome:
+    """`classify_batch` over the images ``select_images`` picks in the claim's
+    transaction (by id, or whatever waits: `worker.microbatch`); ``after_claim()`` runs
+    once the claim has committed, before the images are fetched."""
     outcome = BatchOutcome()
     serving = runtime.serving()
-    claimed = _claim(image_ids, runtime, serving.active.version_id, outcome, task_id)
+    claimed = _claim(select_images, runtime, serving.active.version_id, outcome, task_id)
+    if after_claim is not None:
+        after_claim()
     if claimed:
         fetched = _fetch_all(claimed, runtime, serving, task_id)
         _infer_and_record(fetched, runtime, serving, final_attempt, outcome, task_id)
@@ -166,7 +206,7 @@ def classify_batch(
         len(outcome.failed),
         len(outcome.skipped),
         len(outcome.retry),
-        _ids(image_ids),
+        _ids(outcome.images),
     )
     if outcome.retry:
         raise TransientError(
@@ -175,8 +215,21 @@ def classify_batch(
     return outcome
 
 
+def held_elsewhere(image: Image, task_id: str, now: datetime, settings: Settings) -> bool:
+    """Whether another task is working on ``image``: it claimed it less than the hard
+    time limit ago (after that, the task has been killed). A redelivered or retried
+    message keeps its task id, so it takes its own images back."""
+    return (
+        image.status is ImageStatus.PROCESSING
+        and image.claimed_by is not None
+        and image.claimed_by != task_id
+        and image.started_at is not None
+        and now - image.started_at < timedelta(seconds=settings.task_time_limit)
+    )
+
+
 def _claim(
-    image_ids: Sequence[int],
+    select_images: Selector,
     runtime: Runtime,
     version_id: int,
     outcome: BatchOutcome,
@@ -187,18 +240,18 @@ def _claim(
     claimed: list[_Claimed] = []
     now = utcnow()
     with session_scope(runtime.session_factory) as session:
-        images = queries.get_images_for_update(session=session, ids=image_ids)
-        known = {image.id for image in images}
-        outcome.skipped.extend(i for i in sorted(set(image_ids)) if i not in known)
+        images = select_images(session, outcome)
         predicted = queries.predicted_image_ids(
-            session=session, ids=known, model_version_id=version_id
+            session=session, ids=[image.id for image in images], model_version_id=version_id
         )
         for image in images:
             if image.id in predicted:
                 if image.status is not ImageStatus.DONE:
                     image.status, image.finished_at = ImageStatus.DONE, now
                 outcome.skipped.append(image.id)
-            elif image.status is ImageStatus.FAILED:
+            elif image.status is ImageStatus.FAILED or held_elsewhere(
+                image, task_id, now, runtime.settings
+            ):
                 outcome.skipped.append(image.id)
             elif image.attempts >= limit:
                 reason = gave_up(image.attempts)
@@ -209,6 +262,7 @@ def _claim(
                 image.status = ImageStatus.PROCESSING
                 image.attempts += 1
                 image.started_at = now
+                image.claimed_by = task_id
                 image.failure_reason = None
                 claimed.append(_Claimed(image.id, image.bucket, image.key, image.attempts))
     return claimed

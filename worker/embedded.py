@@ -286,8 +286,9 @@ def embedded_worker(app: Celery) -> Iterator[_Abort]:
         abort.reason = f"{getattr(sender, 'name', 'a task')} failed: {exception!r}"
         abort.event.set()
 
-    classify_task = app.tasks[taskqueue.CLASSIFY_BATCH]
-    task_failure.connect(on_failure, sender=classify_task, weak=False)
+    classify_tasks = [app.tasks[taskqueue.CLASSIFY_BATCH], app.tasks[taskqueue.CLASSIFY_PENDING]]
+    for classify_task in classify_tasks:
+        task_failure.connect(on_failure, sender=classify_task, weak=False)
     worker = app.WorkController(
         pool="solo",
         concurrency=1,
@@ -312,7 +313,8 @@ def embedded_worker(app: Celery) -> Iterator[_Abort]:
         state.should_stop = 0
         thread.join(STOP_TIMEOUT)
         state.should_stop = None
-        task_failure.disconnect(on_failure, sender=classify_task)
+        for classify_task in classify_tasks:
+            task_failure.disconnect(on_failure, sender=classify_task)
         if thread.is_alive():
             logger.error("the embedded worker did not stop within %.0f s", STOP_TIMEOUT)
 

@@ -81,7 +81,8 @@ class WorkerMetrics:
         start = self.started.pop(task_id, None) if task_id is not None else None
         if start is not None:
             self.task_seconds.labels(task=name).observe(time.monotonic() - start)
-        if name == taskqueue.CLASSIFY_BATCH and outcome == "success" and isinstance(retval, dict):
+        classify = (taskqueue.CLASSIFY_BATCH, taskqueue.CLASSIFY_PENDING)
+        if name in classify and outcome == "success" and isinstance(retval, dict):
             for key in ("classified", "failed", "skipped"):
                 self.images.labels(outcome=key).inc(int(retval.get(key, 0)))
 

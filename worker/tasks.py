@@ -3,6 +3,7 @@
 Each task fixes the retry policy (transient errors only, exponential backoff with
 full jitter, a bound) and hands its arguments to a function that has no Celery
 import and is tested on its own: `worker.classify.classify_batch`,
+`worker.microbatch.classify_pending`,
 `deepscreen.commands.ingest.ingest`, `worker.reconcile.reconcile`, and
 `worker.webhooks.deliver` and `dispatch`.
 
@@ -22,6 +23,7 @@ from deepscreen.commands.ingest import ingest
 from deepscreen.config import Settings
 from deepscreen.errors import DatabaseUnavailable, TransientError
 from worker.classify import classify_batch
+from worker.microbatch import classify_pending
 from worker.reconcile import reconcile
 from worker.runtime import Runtime
 from worker.webhooks import deliver, dispatch
@@ -83,6 +85,20 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             final_attempt=final,
             task_id=str(self.request.id),
             enqueue_deliveries=enqueue_deliveries,
+        )
+        return outcome.counts()
+
+    @app.task(name=taskqueue.CLASSIFY_PENDING, bind=True, **policy)
+    def classify_pending_task(self: Task, image_ids: list[int]) -> dict[str, int]:
+        # ``image_ids`` (the images that sent this wake-up) are not claimed by id: the
+        # batch is whatever is queued now (worker.microbatch).
+        final = self.request.retries >= (self.max_retries or 0)
+        outcome = classify_pending(
+            runtime=runtime,
+            final_attempt=final,
+            task_id=str(self.request.id),
+            enqueue_deliveries=enqueue_deliveries,
+            wake=lambda: taskqueue.wake_up(app),
         )
         return outcome.counts()
 

@@ -93,6 +93,9 @@ class Image(Base):
     queued_at: Mapped[datetime | None] = mapped_column()
     #: When a worker last took the image into processing.
     started_at: Mapped[datetime | None] = mapped_column()
+    #: Id of the task that last took the image into processing: its own redelivered or
+    #: retried message takes the image back, any other task leaves it alone.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
     #: When the image reached done or failed.
     finished_at: Mapped[datetime | None] = mapped_column()
 

@@ -143,6 +143,60 @@ def get_images_for_update(*, session: Session, ids: Iterable[int]) -> list[Image
     return list(session.scalars(stmt))
 
 
+def get_pending_images_for_update(
+    *, session: Session, limit: int, task_id: str
+) -> tuple[list[Image], list[Image]]:
+    """What a micro-batch takes, locked: the images ``task_id`` claimed and still holds
+    (its message was redelivered or retried), then the oldest queued images, up to
+    ``limit`` in all. Rows another transaction holds are skipped (PostgreSQL), so two
+    workers claiming at once take different images.
+
+    Returns (held by ``task_id``, queued); the queued list is ``limit`` minus the
+    first long when more images wait than this batch takes.
+    """
+    own = list(
+        session.scalars(
+            select(Image)
+            .where(Image.status == ImageStatus.PROCESSING, Image.claimed_by == task_id)
+            .order_by(Image.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    room = limit - len(own)
+    if room <= 0:
+        return own, []
+    queued = session.scalars(
+        select(Image)
+        .where(Image.status == ImageStatus.QUEUED)
+        .order_by(Image.queued_at, Image.id)
+        .limit(room)
+        .with_for_update(skip_locked=True)
+    )
+    return own, list(queued)
+
+
+class Backlog(NamedTuple):
+    """Images waiting for a worker (queued) and since when the oldest has waited."""
+
+    queued: int
+    oldest_queued_at: datetime | None
+
+
+def classify_backlog(*, session: Session, cap: int | None = None) -> Backlog:
+    """The queued images (counted up to ``cap`` + 1 when given, so a check against a
+    bound stays cheap however long the queue) and the oldest one's ``queued_at``.
+    Both walk the (status, queued_at) index."""
+    waiting = select(Image.id).where(Image.status == ImageStatus.QUEUED)
+    if cap is not None:
+        waiting = waiting.limit(cap + 1)
+    count = session.scalar(select(func.count()).select_from(waiting.subquery()))
+    oldest = session.scalar(
+        select(func.min(Image.queued_at)).where(Image.status == ImageStatus.QUEUED)
+    )
+    return Backlog(int(count or 0), oldest)
+
+
 def ensure_model_version(
     *, session: Session, sha256: str, name: str, location: str, card: dict[str, Any]
 ) -> ModelVersion:
@@ -197,20 +251,23 @@ def add_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> int:
     return inserted
 
 
-def find_stale_images(*, session: Session, before: datetime, limit: int) -> list[Image]:
+def find_stale_images(
+    *, session: Session, before: datetime, limit: int, queued: bool = True
+) -> list[Image]:
     """Images queued, or processing, since before ``before``: oldest first, at most ``limit``.
 
     Queued ones are judged by ``queued_at`` (last enqueue), processing ones by
-    ``updated_at`` (the claim). Rows are locked, skipping rows another transaction
-    holds (PostgreSQL), so concurrent reconcilers do not both take an image.
+    ``updated_at`` (the claim); ``queued=False`` leaves queued ones out. Rows are
+    locked, skipping rows another transaction holds (PostgreSQL), so concurrent
+    reconcilers do not both take an image.
     """
-    stale_queued = (Image.status == ImageStatus.QUEUED) & (
-        func.coalesce(Image.queued_at, Image.created_at) < before
-    )
-    stale_processing = (Image.status == ImageStatus.PROCESSING) & (Image.updated_at < before)
+    stale = (Image.status == ImageStatus.PROCESSING) & (Image.updated_at < before)
+    if queued:
+        waiting = func.coalesce(Image.queued_at, Image.created_at) < before
+        stale = stale | ((Image.status == ImageStatus.QUEUED) & waiting)
     stmt = (
         select(Image)
-        .where(stale_queued | stale_processing)
+        .where(stale)
         .order_by(Image.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -25,7 +25,7 @@ from dashboard.bucket_events import seaweedfs_etag
 from deepscreen.config import Settings
 from deepscreen.db import migrate
 from deepscreen.db.models import Image, ImageSource, ImageStatus
-from deepscreen.taskqueue import CLASSIFY_BATCH
+from deepscreen.taskqueue import CLASSIFY_PENDING
 
 SECRET = "events-secret-" + "y" * 24
 HEADERS = {"X-Deepscreen-Events-Secret": SECRET}
@@ -186,7 +186,7 @@ def test_an_s3_put_registers_the_image_and_queues_it_by_task_name(
         1234,
     )
     assert image.source is ImageSource.EVENT and image.status is ImageStatus.QUEUED
-    assert queued(settings) == [(CLASSIFY_BATCH, [image.id])]
+    assert queued(settings) == [(CLASSIFY_PENDING, [image.id])]
 
 
 def test_aws_records_without_the_s3_prefix_and_a_test_event_are_read(
@@ -339,7 +339,7 @@ def test_a_seaweedfs_create_registers_with_the_etag_s3_reports(
     assert (image.bucket, image.key, image.size) == ("images", "incoming/a b+c.jpg", len(content))
     assert image.etag == hashlib.md5(content).hexdigest()
     assert image.source is ImageSource.EVENT
-    assert queued(settings) == [(CLASSIFY_BATCH, [image.id])]
+    assert queued(settings) == [(CLASSIFY_PENDING, [image.id])]
     # Redelivered (SeaweedFS retries when it sees no 2xx in time)
     response = post(client, "seaweedfs", event, headers={"Authorization": f"Bearer {SECRET}"})
     assert counts(response)["duplicate"] == 1 and len(queued(settings)) == 1

@@ -101,8 +101,8 @@ def test_an_upload_is_stored_registered_and_queued(
     audit = dbs.scalar(select(AuditEvent).where(AuditEvent.action == "image.submit"))
     assert audit is not None and audit.username == "submitter" and audit.target_id == str(image_id)
     dbs.commit()
-    # A classify task was sent by name, after the commit, with the one id
-    assert queued_tasks(settings) == [("deepscreen.classify_batch", [[image_id]])]
+    # A classify wake-up was sent by name, after the commit, naming the one id
+    assert queued_tasks(settings) == [("deepscreen.classify_pending", [[image_id]])]
     # And the read API reports it as queued, with no verdict yet
     one = api.get(f"/images/{image_id}").get_json()
     assert (one["status"], one["source"], one["verdict"]) == ("queued", "api", None)

@@ -22,7 +22,7 @@ from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ImageSource, ImageStatus
 from deepscreen.db.moderation import AuditEvent
 from deepscreen.storage import ObjectInfo
-from deepscreen.taskqueue import CLASSIFY_BATCH
+from deepscreen.taskqueue import CLASSIFY_PENDING
 
 UNDECODABLE = "undecodable: cannot identify image file 'broken.jpg'"
 
@@ -130,7 +130,7 @@ def test_an_admin_retries_failed_images_through_the_classify_task(
     busy = dbs.get(Image, unfinished.processing)
     assert busy is not None and busy.status is ImageStatus.PROCESSING
     # And a classify task for it waits in the broker, sent by name
-    assert queued_tasks(settings) == [(CLASSIFY_BATCH, [[unfinished.failed]])]
+    assert queued_tasks(settings) == [(CLASSIFY_PENDING, [[unfinished.failed]])]
     # And the audit log keeps the reason it had
     event = dbs.scalar(select(AuditEvent).where(AuditEvent.action == "image.retry"))
     assert event is not None and event.before is not None
@@ -145,7 +145,7 @@ def test_retry_all_failed_requeues_every_failed_image(
     page = admin.post("/images/retry", data=data, follow_redirects=True)
     assert "2 images re-queued (1 classify task sent)" in page.text
     assert queued_tasks(settings) == [
-        (CLASSIFY_BATCH, [sorted([unfinished.failed, unfinished.gave_up])])
+        (CLASSIFY_PENDING, [sorted([unfinished.failed, unfinished.gave_up])])
     ]
     statuses = dbs.scalars(
         select(Image.status).where(Image.id.in_([unfinished.failed, unfinished.gave_up]))
