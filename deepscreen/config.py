@@ -43,6 +43,14 @@ SQLITE_FILENAME = "deepscreen.sqlite3"
 #: Seconds before each webhook retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 
+#: Longest wait in seconds before a task is retried (backoff doubles up to it). A
+#: retried message waits this long in a worker, unacknowledged, before it runs.
+TASK_RETRY_MAX_DELAY = 60
+#: Seconds the derived visibility timeout adds to the time limit and that wait.
+VISIBILITY_MARGIN = 30
+#: Seconds the reconciler's derived age adds to the time limit.
+RECONCILE_MARGIN = 15
+
 
 def _var(
     name: str,
@@ -95,12 +103,17 @@ class Settings:
         ),
     )
     broker_visibility_timeout: int = field(
-        default=3600,
+        default=0,
         metadata=_var(
             "BROKER_VISIBILITY_TIMEOUT",
-            "Seconds before Redis redelivers an unacknowledged task; must exceed "
-            "`DEEPSCREEN_TASK_TIME_LIMIT`.",
-            minimum=1,
+            "Seconds before Redis redelivers a task a worker took and never acknowledged "
+            "(the worker died). `0`: derived, `DEEPSCREEN_TASK_TIME_LIMIT` + "
+            f"{TASK_RETRY_MAX_DELAY} s (the longest wait before a retry) + "
+            f"{VISIBILITY_MARGIN} s. A value set must exceed the time limit plus "
+            f"{TASK_RETRY_MAX_DELAY} s, or long tasks and retries are delivered twice.",
+            default_doc="`0`: derived, "
+            f"`{60 + TASK_RETRY_MAX_DELAY + VISIBILITY_MARGIN}` at the default limits",
+            minimum=0,
         ),
     )
     s3_endpoint_url: str | None = field(
@@ -218,7 +231,7 @@ class Settings:
         ),
     )
     task_soft_time_limit: int = field(
-        default=300,
+        default=45,
         metadata=_var(
             "TASK_SOFT_TIME_LIMIT",
             "Seconds after which a task is asked to stop (SoftTimeLimitExceeded).",
@@ -226,10 +239,12 @@ class Settings:
         ),
     )
     task_time_limit: int = field(
-        default=360,
+        default=60,
         metadata=_var(
             "TASK_TIME_LIMIT",
-            "Seconds after which a task's process is killed; must exceed the soft limit.",
+            "Seconds after which a task's process is killed; must exceed the soft limit. "
+            "The broker visibility timeout and the reconciler's age are derived from it, "
+            "so it bounds how soon a killed worker's images are classified again.",
             minimum=1,
         ),
     )
@@ -237,7 +252,19 @@ class Settings:
         default=5,
         metadata=_var(
             "TASK_MAX_RETRIES",
-            "Retries of a transient failure before the image is marked failed.",
+            "Retries of a transient failure before the image is marked failed (an "
+            "unreachable database is retried for `DEEPSCREEN_DATABASE_RETRY_WINDOW` "
+            "instead).",
+            minimum=0,
+        ),
+    )
+    database_retry_window: int = field(
+        default=600,
+        metadata=_var(
+            "DATABASE_RETRY_WINDOW",
+            "Seconds a task keeps being retried while the database is unreachable "
+            f"(backoff from 2 s doubling up to {TASK_RETRY_MAX_DELAY} s, with jitter); "
+            "after that it fails, and its images wait for the reconciler.",
             minimum=0,
         ),
     )
@@ -255,15 +282,19 @@ class Settings:
         metadata=_var("SCAN_INTERVAL", "Seconds between periodic scans.", minimum=1),
     )
     reconcile_interval: int = field(
-        default=60,
+        default=15,
         metadata=_var("RECONCILE_INTERVAL", "Seconds between reconciler runs.", minimum=1),
     )
     reconcile_after: int = field(
-        default=900,
+        default=0,
         metadata=_var(
             "RECONCILE_AFTER",
-            "Seconds an image may stay queued or processing before it is enqueued again.",
-            minimum=1,
+            "Seconds an image may stay processing (or queued, once the classify queue is "
+            "empty) before the reconciler enqueues it again. `0`: derived, "
+            f"`DEEPSCREEN_TASK_TIME_LIMIT` + {RECONCILE_MARGIN} s. A value set must exceed "
+            "the time limit, or images whose task is still running are enqueued again.",
+            default_doc=f"`0`: derived, `{60 + RECONCILE_MARGIN}` at the default limits",
+            minimum=0,
         ),
     )
 
@@ -588,11 +619,13 @@ class Settings:
                 f"{_env_name('task_time_limit')}={self.task_time_limit} must be greater than "
                 f"{_env_name('task_soft_time_limit')}={self.task_soft_time_limit}"
             )
-        if self.broker_visibility_timeout <= self.task_time_limit:
+        redelivery_floor = self.task_time_limit + TASK_RETRY_MAX_DELAY
+        if self.broker_visibility_timeout and self.broker_visibility_timeout <= redelivery_floor:
             raise ConfigError(
                 f"{_env_name('broker_visibility_timeout')}={self.broker_visibility_timeout} "
-                f"must be greater than {_env_name('task_time_limit')}={self.task_time_limit}, "
-                "or long tasks are delivered twice"
+                f"must be greater than {_env_name('task_time_limit')}={self.task_time_limit} "
+                f"plus the longest retry wait ({TASK_RETRY_MAX_DELAY} s), or long tasks and "
+                "retries are delivered twice; leave it unset to derive it"
             )
         if any(not math.isfinite(w) or w <= 0 for w in self.webhook_retry_schedule):
             raise ConfigError(
@@ -609,11 +642,11 @@ class Settings:
                 f"{_env_name('events_buckets')}: {', '.join(map(repr, bad_buckets))} "
                 "is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"
             )
-        if self.reconcile_after <= self.task_time_limit:
+        if self.reconcile_after and self.reconcile_after <= self.task_time_limit:
             raise ConfigError(
                 f"{_env_name('reconcile_after')}={self.reconcile_after} must be greater than "
                 f"{_env_name('task_time_limit')}={self.task_time_limit}, or the reconciler "
-                "re-queues images whose task is still running"
+                "re-queues images whose task is still running; leave it unset to derive it"
             )
 
     @classmethod
@@ -650,6 +683,20 @@ class Settings:
         return frozenset(b for b in buckets if is_s3_bucket_name(b))
 
     @property
+    def visibility_timeout(self) -> int:
+        """Seconds before Redis redelivers an unacknowledged task: the setting, or
+        derived from the time limit (a retried task waits, unacknowledged, for up to
+        `TASK_RETRY_MAX_DELAY` before it runs)."""
+        derived = self.task_time_limit + TASK_RETRY_MAX_DELAY + VISIBILITY_MARGIN
+        return self.broker_visibility_timeout or derived
+
+    @property
+    def reconcile_age(self) -> int:
+        """Seconds after which the reconciler enqueues a waiting image again: the
+        setting, or derived from the time limit (after which its task is dead)."""
+        return self.reconcile_after or self.task_time_limit + RECONCILE_MARGIN
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
@@ -670,7 +717,10 @@ class Settings:
                 "processed_folder": str(self.queue_dir / "processed"),
                 "store_processed": False,
             }
-        return {"visibility_timeout": self.broker_visibility_timeout}
+        # kombu looks for expired messages every 10 s but, by default, only acts on
+        # every tenth look: with 1 a dead worker's task comes back within 10 s of
+        # the visibility timeout rather than 100 s.
+        return {"visibility_timeout": self.visibility_timeout, "unacked_restore_throttle": 1}
 
 
 #: S3's bucket naming rules: 3-63 characters of a-z, 0-9, "." and "-", starting and

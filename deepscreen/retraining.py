@@ -82,7 +82,7 @@ def check_retrain(
     returns the id of the run sent, if any.
 
     ``send(run_id)`` sends the retrain task after the commit. A run left queued
-    longer than ``settings.reconcile_after`` while none runs lost its message (the
+    longer than ``settings.reconcile_age`` while none runs lost its message (the
     broker was down when it was sent, say): it is sent again, which is harmless,
     since only one delivery can claim a queued run.
     """
@@ -92,7 +92,7 @@ def check_retrain(
     with session_scope(session_factory) as session:
         pending = pending_run(session=session)
         if pending is not None:
-            stale = now - pending.created_at > timedelta(seconds=settings.reconcile_after)
+            stale = now - pending.created_at > timedelta(seconds=settings.reconcile_age)
             if pending.status is RunStatus.QUEUED and stale and not _running(session):
                 logger.warning(
                     "retraining run %d queued since %s: sent again", pending.id, pending.created_at

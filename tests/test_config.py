@@ -68,9 +68,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_TASK_SOFT_TIME_LIMIT": "10",
         "DEEPSCREEN_TASK_TIME_LIMIT": "20",
         "DEEPSCREEN_TASK_MAX_RETRIES": "0",
+        "DEEPSCREEN_DATABASE_RETRY_WINDOW": "900",
         "DEEPSCREEN_SCAN_URLS": "s3://a/in/, file:///srv/photos",
         "DEEPSCREEN_SCAN_INTERVAL": "30",
-        "DEEPSCREEN_RECONCILE_INTERVAL": "15",
+        "DEEPSCREEN_RECONCILE_INTERVAL": "20",
         "DEEPSCREEN_RECONCILE_AFTER": "120",
         "DEEPSCREEN_REVIEW_BAND": "0.2",
         "DEEPSCREEN_REVIEW_FAKES": "no",
@@ -117,7 +118,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.image_suffixes == (".jpg", ".png", ".webp")
     assert settings.scan_urls == ("s3://a/in/", "file:///srv/photos")
     assert settings.s3_connect_timeout == 1.5
-    assert settings.broker_transport_options == {"visibility_timeout": 7200}
+    assert settings.broker_transport_options == {
+        "visibility_timeout": 7200,
+        "unacked_restore_throttle": 1,
+    }
     assert settings.webhook_retry_schedule == (1.0, 2.5, 60.0)
     assert settings.retrain_mode == "full"
     assert not settings.is_sqlite
@@ -188,11 +192,11 @@ def test_empty_values_mean_default() -> None:
         ("DEEPSCREEN_REVIEW_NO_FACE", "ignore", "must be one of: skip, audit, review"),
         (
             "DEEPSCREEN_TASK_TIME_LIMIT",
-            "100",
+            "30",
             "must be greater than DEEPSCREEN_TASK_SOFT_TIME_LIMIT",
         ),
         ("DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT", "60", "must be greater than DEEPSCREEN_TASK_TIME"),
-        ("DEEPSCREEN_RECONCILE_AFTER", "300", "must be greater than DEEPSCREEN_TASK_TIME_LIMIT"),
+        ("DEEPSCREEN_RECONCILE_AFTER", "60", "must be greater than DEEPSCREEN_TASK_TIME_LIMIT"),
         ("DEEPSCREEN_WEBHOOK_RETRY_SCHEDULE", "5,soon", "not a valid tuple"),
         ("DEEPSCREEN_WEBHOOK_RETRY_SCHEDULE", "5,0", "must be positive numbers of seconds"),
     ],

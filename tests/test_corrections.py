@@ -204,7 +204,7 @@ def test_check_retrain_sends_a_run_whose_message_was_lost_again(
 
     # A fresh queued run is left alone; one queued for longer than reconcile_after is resent
     assert check() is None
-    later = utcnow() + timedelta(seconds=settings.reconcile_after + 1)
+    later = utcnow() + timedelta(seconds=settings.reconcile_age + 1)
     off = dataclasses.replace(settings, retrain_data=())  # retraining not configured
     assert check_retrain(settings=off, session_factory=factory, send=sent.append, now=later) is None
     assert check_retrain(settings=settings, session_factory=factory, send=sent.append, now=later)

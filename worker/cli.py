@@ -154,6 +154,7 @@ def worker_argv(args: argparse.Namespace, concurrency: int) -> list[str]:
 def run_worker(args: argparse.Namespace) -> int:
     from deepscreen.config import Settings
     from worker.metrics import MetricsUnavailable, worker_metrics
+    from worker.pool import PREFORK_POOL
     from worker.tasks import create_worker_app
 
     settings = Settings.from_env()
@@ -163,6 +164,9 @@ def run_worker(args: argparse.Namespace) -> int:
         # Entered before the app starts: the pool processes fork with metrics set up.
         with worker_metrics(settings, port=port, host=args.metrics_host):
             app = create_worker_app(settings)
+            # What --pool=prefork stands for: Celery's prefork pool with time limits
+            # that survive a broker reconnect (worker.pool).
+            app.conf.worker_pool = PREFORK_POOL
             return int(app.start(worker_argv(args, concurrency)) or 0)
     except MetricsUnavailable as exc:
         print(f"deepscreen worker: error: {exc}", file=sys.stderr)

@@ -1,10 +1,13 @@
 """The reconciler: the database, not the broker, decides what still needs doing.
 
-An image queued or processing for longer than ``settings.reconcile_after`` has
-lost its message (a Redis restart, a killed worker, an enqueue that never
-happened after a crash): it is enqueued again. An image that has already used
-up its attempts fails with "gave up after N attempts" instead, so a message that
-keeps killing workers cannot loop for ever.
+An image processing for longer than ``settings.reconcile_age`` (derived from the
+task time limit, after which its task is dead) was taken by a worker that died: it
+is enqueued again. An image queued that long has lost its message (a Redis
+restart, an enqueue that never happened after a crash) if the classify queue is
+empty; while the queue holds messages it may simply be waiting its turn, so it is
+left alone until the backlog has drained (a long backlog is not enqueued twice). An
+image that has already used up its attempts fails with "gave up after N attempts"
+instead, so a message that keeps killing workers cannot loop for ever.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
+from deepscreen import taskqueue
 from deepscreen.config import Settings
 from deepscreen.db import queries
 from deepscreen.db.base import utcnow
 from deepscreen.db.models import ImageStatus
 from deepscreen.db.session import session_scope
 from worker.classify import gave_up, max_attempts
+from worker.metrics import queue_depths
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ def reconcile(
     settings: Settings,
     session_factory: sessionmaker[Session],
     enqueue: Callable[[Sequence[int]], int],
+    waiting_messages: Callable[[], int | None] | None = None,
     now: datetime | None = None,
     limit: int = RECONCILE_LIMIT,
 ) -> ReconcileOutcome:
@@ -52,13 +59,19 @@ def reconcile(
 
     ``enqueue(ids)`` sends classify tasks and returns how many; it is called only
     after the transaction that re-queued the images has committed.
+    ``waiting_messages()`` counts the messages in the classify queue (None: unknown);
+    stale queued images are enqueued again only when it is 0 or unknown.
     """
     now = now or utcnow()
-    cutoff = now - timedelta(seconds=settings.reconcile_after)
+    cutoff = now - timedelta(seconds=settings.reconcile_age)
     bound = max_attempts(settings)
+    backlog = waiting_messages() if waiting_messages is not None else None
     outcome = ReconcileOutcome()
     with session_scope(session_factory) as session:
-        for image in queries.find_stale_images(session=session, before=cutoff, limit=limit):
+        stale = queries.find_stale_images(
+            session=session, before=cutoff, limit=limit, queued=not backlog
+        )
+        for image in stale:
             if image.attempts >= bound:
                 image.status = ImageStatus.FAILED
                 image.failure_reason = gave_up(image.attempts)
@@ -77,6 +90,17 @@ def reconcile(
             _ids(outcome.gave_up),
         )
     return outcome
+
+
+def waiting_classify_messages(settings: Settings) -> int | None:
+    """Messages waiting in the classify queue (not those a worker holds); None when
+    the broker cannot tell (unreachable, or a kind whose queues are not counted)."""
+    try:
+        depths = queue_depths(settings)
+    except (RedisError, OSError) as exc:
+        logger.warning("reconcile: cannot count the classify queue: %s", exc)
+        return None
+    return depths.get(taskqueue.CLASSIFY_QUEUE)
 
 
 def _ids(ids: list[int]) -> str:

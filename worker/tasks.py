@@ -20,24 +20,30 @@ from celery import Celery, Task
 
 from deepscreen import taskqueue
 from deepscreen.commands.ingest import ingest
-from deepscreen.config import Settings
+from deepscreen.config import TASK_RETRY_MAX_DELAY, Settings
 from deepscreen.errors import DatabaseUnavailable, TransientError
 from worker.classify import classify_batch
 from worker.microbatch import classify_pending
-from worker.reconcile import reconcile
+from worker.outage import OutageRetryTask
+from worker.reconcile import reconcile, waiting_classify_messages
 from worker.runtime import Runtime
 from worker.webhooks import deliver, dispatch
 
 #: Seconds before the first retry; doubles each time (2, 4, 8, ...), full jitter.
 RETRY_BACKOFF = 2
-#: Longest wait between two retries, in seconds.
-RETRY_BACKOFF_MAX = 120
+#: Longest wait between two retries, in seconds (the visibility timeout allows for it).
+RETRY_BACKOFF_MAX = TASK_RETRY_MAX_DELAY
 
 
 def retry_policy(settings: Settings) -> dict[str, Any]:
-    """Celery task options: retry `TransientError` only, with backoff, jitter and a bound."""
+    """Celery task options: retry `TransientError` only, with backoff, jitter and a bound
+    of ``task_max_retries``; an unreachable database is retried for a bounded time
+    instead (`worker.outage`)."""
     return {
+        "base": OutageRetryTask,
+        "database_retry_window": settings.database_retry_window,
         "autoretry_for": (TransientError,),
+        "dont_autoretry_for": (DatabaseUnavailable,),
         "max_retries": settings.task_max_retries,
         "retry_backoff": RETRY_BACKOFF,
         "retry_backoff_max": RETRY_BACKOFF_MAX,
@@ -46,9 +52,10 @@ def retry_policy(settings: Settings) -> dict[str, Any]:
 
 
 def delivery_policy(settings: Settings) -> dict[str, Any]:
-    """Options of the deliver task: Celery retries a database error only. A failed POST
-    is recorded and retried on the webhook schedule, by the dispatcher."""
-    return {**retry_policy(settings), "autoretry_for": (DatabaseUnavailable,)}
+    """Options of the deliver task: only a database outage is retried (for a bounded
+    time). A failed POST is recorded and retried on the webhook schedule, by the
+    dispatcher."""
+    return {**retry_policy(settings), "autoretry_for": ()}
 
 
 def dispatched_expiry(settings: Settings) -> float:
@@ -115,7 +122,10 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     @app.task(name=taskqueue.RECONCILE, bind=True, **policy)
     def reconcile_task(self: Task) -> dict[str, int]:
         outcome = reconcile(
-            settings=settings, session_factory=runtime.session_factory, enqueue=enqueue
+            settings=settings,
+            session_factory=runtime.session_factory,
+            enqueue=enqueue,
+            waiting_messages=lambda: waiting_classify_messages(settings),
         )
         return outcome.counts()
 

@@ -198,6 +198,12 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(30)
 
+    def kill(self) -> None:
+        """SIGKILL the server: a crash, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
 
 @pytest.fixture
 def redis_server(redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:

@@ -113,7 +113,7 @@ def test_reconcile_requeues_stale_images_and_gives_up_on_exhausted_ones(
     )
     stale_queued, stale_processing, exhausted, fresh, done = registered.ids
     now = utcnow()
-    long_ago = now - timedelta(seconds=settings.reconcile_after + 60)
+    long_ago = now - timedelta(seconds=settings.reconcile_age + 60)
     with session_scope(runtime.session_factory) as session:
         session.execute(update(Image).where(Image.id == stale_queued).values(queued_at=long_ago))
         for image_id, attempts in ((stale_processing, 1), (exhausted, max_attempts(settings))):

@@ -15,6 +15,7 @@ from deepscreen.config import Settings
 from deepscreen.db import migrate
 from deepscreen.errors import DatabaseUnavailable, TransientError
 from worker.cli import worker_argv
+from worker.outage import OutageRetryTask
 from worker.tasks import create_worker_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ def redis_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 def test_the_app_delivers_at_least_once_with_json_only(tmp_path: Path) -> None:
     settings = redis_settings(
-        tmp_path, task_soft_time_limit=50, task_time_limit=60, broker_visibility_timeout=90
+        tmp_path, task_soft_time_limit=50, task_time_limit=60, broker_visibility_timeout=150
     )
     conf = taskqueue.create_celery(settings).conf
     assert conf.broker_url == "redis://127.0.0.1:1/3"
@@ -36,7 +37,7 @@ def test_the_app_delivers_at_least_once_with_json_only(tmp_path: Path) -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert (conf.task_soft_time_limit, conf.task_time_limit) == (50, 60)
     # Redis redelivers an unacknowledged task only after the longest task could have ended.
-    assert conf.broker_transport_options["visibility_timeout"] == 90 > conf.task_time_limit
+    assert conf.broker_transport_options["visibility_timeout"] == 150 > conf.task_time_limit
     assert conf.task_ignore_result
 
 
@@ -119,6 +120,8 @@ def test_worker_tasks_retry_transient_errors_only_with_backoff_and_a_bound(
     for name in (taskqueue.CLASSIFY_BATCH, taskqueue.INGEST, taskqueue.RECONCILE):
         task = app.tasks[name]
         assert task.autoretry_for == (TransientError,)
+        # ... except an unreachable database, retried for a time (test_worker_outage.py)
+        assert task.dont_autoretry_for == (DatabaseUnavailable,)
         assert task.max_retries == 7
         assert task.retry_backoff and task.retry_jitter
         assert task.acks_late
@@ -126,10 +129,13 @@ def test_worker_tasks_retry_transient_errors_only_with_backoff_and_a_bound(
 
 def test_a_delivery_is_retried_by_celery_for_database_errors_only(tmp_path: Path) -> None:
     # A failed POST is recorded and retried on the webhook schedule by the dispatcher;
-    # Celery itself only retries when the database could not record anything.
+    # Celery itself only retries when the database could not record anything, for
+    # DEEPSCREEN_DATABASE_RETRY_WINDOW (worker.outage).
     app = create_worker_app(redis_settings(tmp_path, task_max_retries=7))
     deliver = app.tasks[taskqueue.DELIVER_WEBHOOK]
-    assert deliver.autoretry_for == (DatabaseUnavailable,)
+    assert deliver.autoretry_for == ()
+    assert isinstance(deliver, OutageRetryTask)
+    assert deliver.database_retry_window == 600
     assert deliver.max_retries == 7 and deliver.retry_backoff and deliver.acks_late
     dispatch = app.tasks[taskqueue.DISPATCH_WEBHOOKS]
     assert dispatch.autoretry_for == (TransientError,)
