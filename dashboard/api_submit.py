@@ -12,6 +12,9 @@ The image is stored under ``<prefix><yyyy>/<mm>/<dd>/<random>.<ext>`` of
 source ``api``, and a classify task is sent after the commit; the answer is 202 with
 the image id, whose ``GET /api/v1/images/<id>`` gives status and verdict.
 
+Back-pressure: while more than ``settings.submission_max_backlog`` images wait for a
+worker, a submission is refused before anything is stored: 503 with ``Retry-After``.
+
 An optional ``callback_url`` (checked like any webhook URL, 400 if refused) becomes a
 callback endpoint for this image's ``verdict.created``, ``review.completed`` and
 ``verdict.changed`` events; its signing secret is in this answer only.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -57,6 +61,8 @@ bp = Blueprint("api_submit", __name__, url_prefix=api.URL_PREFIX)
 STORE_EXTENSION = "deepscreen.submission_store"
 #: Room for the multipart framing and the callback field around the image itself.
 MULTIPART_OVERHEAD = 64 * 1024
+#: Bounds of the ``Retry-After`` (seconds) of a submission refused for the backlog.
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 300
 
 #: Pillow format -> (file extension, content type). The formats the worker decodes.
 FORMATS = {
@@ -100,6 +106,9 @@ def submit() -> Response:
     settings = db.settings()
     if not settings.submission_url:
         return api.error(503, "submissions are off: DEEPSCREEN_SUBMISSION_URL is not set")
+    busy = over_backlog(settings)
+    if busy is not None:
+        return busy
     # Forms are otherwise capped far lower (app.config MAX_CONTENT_LENGTH).
     request.max_content_length = settings.submission_max_bytes + MULTIPART_OVERHEAD
     too_large = f"the image is over the limit of {settings.submission_max_bytes} bytes"
@@ -173,6 +182,36 @@ def submit() -> Response:
     )
     response.status_code = 202
     response.headers["Location"] = location
+    return response
+
+
+def over_backlog(settings: Settings) -> Response | None:
+    """503 with ``Retry-After`` when more images wait for a worker than
+    ``settings.submission_max_backlog``; None when there is room (or no bound).
+
+    The wait suggested is how long the oldest waiting image has waited (about how long
+    the queue takes to drain), within `RETRY_AFTER_MIN` and `RETRY_AFTER_MAX` seconds.
+    """
+    bound = settings.submission_max_backlog
+    if not bound:
+        return None
+    backlog = queries.classify_backlog(session=db.session(), cap=bound)
+    if backlog.queued <= bound:
+        return None
+    waited = 0.0
+    if backlog.oldest_queued_at is not None:
+        waited = (utcnow() - backlog.oldest_queued_at).total_seconds()
+    retry_after = int(min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, math.ceil(waited))))
+    logger.warning(
+        "submission refused: more than %d images wait for a worker (retry after %d s)",
+        bound,
+        retry_after,
+    )
+    response = api.error(
+        503,
+        f"more than {bound} images are waiting for classification; try again in {retry_after} s",
+    )
+    response.headers["Retry-After"] = str(retry_after)
     return response
 
 

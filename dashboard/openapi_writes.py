@@ -62,7 +62,19 @@ def submit_operation() -> dict[str, Any]:
             "403": error_response("The token is a viewer's"),
             "413": error_response("Over the byte or pixel limit"),
             "415": error_response("Not an image in an accepted format"),
-            "503": error_response("Submissions are off, or the store is unavailable"),
+            "503": {
+                **error_response(
+                    "Submissions are off, the store is unavailable, or more images wait for "
+                    "classification than DEEPSCREEN_SUBMISSION_MAX_BACKLOG (then with "
+                    "Retry-After)"
+                ),
+                "headers": {
+                    "Retry-After": {
+                        "description": "Seconds to wait before submitting again (backlog only)",
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                },
+            },
         },
     }
 

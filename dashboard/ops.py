@@ -4,7 +4,8 @@
 ``/metrics`` needs a logged-in session or an API token (``Authorization: Bearer``)
 and serves, in Prometheus' text format, requests by endpoint and status with their
 latency, and gauges read from the database at scrape time: verdicts by review
-state, images by status and the age of the oldest item waiting for a human.
+state, images by status, the age of the oldest item waiting for a human, and the
+classification backlog (images waiting for a worker) with the age of its oldest.
 
 Each app counts into its own registry. Under gunicorn (`dashboard.serve`) the
 request metrics of every worker process are written to files in the folder named
@@ -289,6 +290,7 @@ class DatabaseCollector(Collector):
             oldest = session.scalar(
                 select(func.min(Verdict.image_created_at)).where(Verdict.state.in_(WAITING))
             )
+            backlog = queries.classify_backlog(session=session)
         except SQLAlchemyError as exc:
             session.rollback()
             logger.warning("metrics: database unavailable: %s", exc)
@@ -317,6 +319,18 @@ class DatabaseCollector(Collector):
         )
         age.add_metric([], _age_seconds(oldest))
         yield age
+        waiting = GaugeMetricFamily(
+            "deepscreen_classify_backlog",
+            "Images waiting for a worker (queued; events, submissions and scans alike).",
+        )
+        waiting.add_metric([], backlog.queued)
+        yield waiting
+        waited = GaugeMetricFamily(
+            "deepscreen_classify_backlog_oldest_age_seconds",
+            "How long the oldest image waiting for a worker has waited (0 when none waits).",
+        )
+        waited.add_metric([], _age_seconds(backlog.oldest_queued_at))
+        yield waited
 
 
 def _review_states(session: Session) -> dict[ReviewState, int]:

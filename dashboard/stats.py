@@ -1,5 +1,6 @@
-"""The stats page: throughput, verdict distribution, score histogram, override rate per
-model version, the review queue and moderator activity.
+"""The stats page: throughput, the classification backlog (images waiting for a worker
+and how long the oldest has waited), verdict distribution, score histogram, override
+rate per model version, the review queue and moderator activity.
 
 Every number is one SQL aggregate over indexed columns (``GROUP BY`` on the database,
 a few dozen rows back), so the page stays fast on 100k+ images. Time buckets are
@@ -21,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from dashboard import charts, db, unfinished
 from dashboard.auth import login_required
+from deepscreen.db import queries
 from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ImageStatus, ModelVersion
 from deepscreen.db.moderation import Action, Review, ReviewState, User, Verdict
@@ -70,6 +72,7 @@ def index() -> str:
     bins = score_histogram(session=dbs)
     edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
     queue = queue_rows(session=dbs)
+    backlog = queries.classify_backlog(session=dbs)
     actions, activity = moderator_activity(session=dbs, since=now - timedelta(days=days))
     fmt = "%m-%d %H:00" if hourly else "%Y-%m-%d"
     points = [(start.strftime(fmt), float(n)) for start, n in series]
@@ -99,6 +102,9 @@ def index() -> str:
         unscored=unscored_count(session=dbs),
         overrides=override_rates(session=dbs),
         unfinished=unfinished.counts(session=dbs),
+        backlog=backlog,
+        backlog_wait=waited(backlog.oldest_queued_at, now),
+        max_backlog=db.settings().submission_max_backlog,
         queue=queue,
         queue_total=sum(r.count for r in queue),
         oldest=min((r.oldest for r in queue if r.oldest), default=None),
@@ -109,6 +115,19 @@ def index() -> str:
             title="Reviews per moderator",
         ),
     )
+
+
+def waited(since: datetime | None, now: datetime) -> str:
+    """How long since ``since``, to the second under an hour: ``42 s``, ``3 min 5 s``,
+    ``2 h 10 min``; ``–`` for nothing."""
+    if since is None:
+        return "–"
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60} min"
 
 
 def throughput(

@@ -483,6 +483,16 @@ class Settings:
             "SUBMISSION_MAX_BYTES", "Largest image accepted by the submission API.", minimum=1
         ),
     )
+    submission_max_backlog: int = field(
+        default=10_000,
+        metadata=_var(
+            "SUBMISSION_MAX_BACKLOG",
+            "Images waiting for a worker (queued, whatever their source) beyond which the "
+            "submission API answers `503` with `Retry-After` instead of accepting more; "
+            "`0` sets no bound.",
+            minimum=0,
+        ),
+    )
 
     model_registry_url: str = field(
         default="",

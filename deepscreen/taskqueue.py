@@ -12,13 +12,14 @@ time. Tasks take image ids and are idempotent, so a redelivery is harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from deepscreen.config import Settings
 from deepscreen.errors import TransientError
@@ -67,6 +68,13 @@ TASK_QUEUES = {
     DELIVER_WEBHOOK: WEBHOOKS_QUEUE,
     DISPATCH_WEBHOOKS: WEBHOOKS_QUEUE,
 }
+
+#: Redis key set while a ``classify_pending`` wake-up waits in the queue untaken.
+WAKE_UP_KEY = "deepscreen:classify-pending:waiting"
+#: Seconds before that key expires, should its wake-up be lost.
+WAKE_UP_TTL = 10
+#: Seconds to wait for a broker connection from the pool.
+WAKE_UP_TIMEOUT = 5.0
 
 #: How often the embedded (filesystem) consumer looks for new messages.
 FILESYSTEM_POLL_SECONDS = 0.2
@@ -198,10 +206,10 @@ def enqueue_classify(app: Celery, image_ids: Sequence[int], *, batch_size: int) 
     """Send one classify task per ``batch_size`` ids; returns how many were sent.
 
     Full batches name their ids (``classify_batch``). What is left, fewer than a
-    batch (one image from an event or a submission, a small scan), sends a wake-up
-    (``classify_pending``) instead: the worker that takes it classifies whatever is
-    queued by then, so images arriving one by one are classified together under load
-    and at once at idle (`worker.microbatch`).
+    batch (one image from an event or a submission, a small scan), is a wake-up
+    (``classify_pending``, see `wake_up`): the worker that takes it classifies
+    whatever is queued by then, so images arriving one by one are classified together
+    under load and at once at idle (`worker.microbatch`).
 
     Call only after the transaction that registered the images has committed, so
     a worker always finds the rows. A broker that cannot be reached raises
@@ -212,14 +220,50 @@ def enqueue_classify(app: Celery, image_ids: Sequence[int], *, batch_size: int) 
     sent = 0
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        send(app, CLASSIFY_BATCH if len(chunk) == batch_size else CLASSIFY_PENDING, args=[chunk])
-        sent += 1
+        if len(chunk) == batch_size:
+            send(app, CLASSIFY_BATCH, args=[chunk])
+            sent += 1
+        else:
+            sent += wake_up(app, chunk)
     return sent
 
 
-def wake_up(app: Celery) -> str:
-    """One more ``classify_pending`` wake-up, from a worker whose batch came back full."""
-    return send(app, CLASSIFY_PENDING, args=[[]])
+def wake_up(app: Celery, image_ids: Sequence[int] = ()) -> int:
+    """Send a ``classify_pending`` wake-up unless one already waits untaken; 1 if sent.
+
+    On Redis a key (`WAKE_UP_KEY`, set with NX) marks a wake-up sent and not yet taken;
+    the worker deletes it as it takes the message, before it claims (`wake_up_taken`).
+    While it is set, the images just committed will be in that worker's claim, so a
+    burst sends one message, not one per image. The key expires after `WAKE_UP_TTL`
+    seconds, so a wake-up lost with a crashed sender delays the next ones that long at
+    most. Other brokers send every time (a spare wake-up finds nothing and returns).
+    """
+    if not _redis(app, lambda client: client.set(WAKE_UP_KEY, 1, nx=True, ex=WAKE_UP_TTL)):
+        return 0
+    try:
+        send(app, CLASSIFY_PENDING, args=[[int(i) for i in image_ids]])
+    except TransientError:
+        _redis(app, lambda client: client.delete(WAKE_UP_KEY))
+        raise
+    return 1
+
+
+def wake_up_taken(app: Celery) -> None:
+    """The worker has taken a wake-up and is about to claim: the next registration
+    sends a new one (see `wake_up`)."""
+    _redis(app, lambda client: client.delete(WAKE_UP_KEY))
+
+
+def _redis(app: Celery, call: Callable[[Any], Any]) -> Any:
+    """``call(client)`` on the broker's Redis client (kombu's channel client), or True
+    with another broker. Raises `TransientError` if Redis cannot be reached."""
+    if not str(app.conf.broker_url).startswith(("redis://", "rediss://")):
+        return True
+    try:
+        with app.pool.acquire(block=True, timeout=WAKE_UP_TIMEOUT) as connection:
+            return call(connection.default_channel.client)
+    except (OperationalError, RedisError, OSError) as exc:
+        raise TransientError(f"broker unavailable: {exc}") from exc
 
 
 def enqueue_deliveries(

@@ -95,6 +95,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_EVENTS_BUCKETS": "images,uploads.example-2",
         "DEEPSCREEN_SUBMISSION_URL": "s3://images/api/",
         "DEEPSCREEN_SUBMISSION_MAX_BYTES": "1000",
+        "DEEPSCREEN_SUBMISSION_MAX_BACKLOG": "0",
         "DEEPSCREEN_MODEL_REGISTRY_URL": "s3://models/",
         "DEEPSCREEN_RETRAIN_DATA": "/data/a,csv:/data/b.csv",
         "DEEPSCREEN_RETRAIN_GOLDEN": "/data/golden",

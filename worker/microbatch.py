@@ -43,14 +43,22 @@ def classify_pending(
     task_id: str = "-",
     enqueue_deliveries: Callable[[Sequence[int]], object] | None = None,
     wake: Callable[[], object] | None = None,
+    taken: Callable[[], object] | None = None,
 ) -> BatchOutcome:
     """Claim and classify the images queued now (and those ``task_id`` already holds),
     up to the batch size; see `worker.classify.classify_batch` for the rest.
 
     ``wake()`` sends another wake-up, called as soon as the claim has committed when
     the batch came back full: more images may be waiting, and another worker can start
-    on them while this one classifies.
+    on them while this one classifies. ``taken()`` runs first, before the claim: it
+    tells senders that this wake-up is taken, so the next image sends a new one
+    (`deepscreen.taskqueue.wake_up`).
     """
+    if taken is not None:
+        try:
+            taken()
+        except TransientError as exc:  # the key expires on its own
+            logger.warning("task %s: cannot mark the wake-up taken: %s", task_id, exc)
     size = runtime.settings.classify_batch_size
     full = False
 

@@ -106,6 +106,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             task_id=str(self.request.id),
             enqueue_deliveries=enqueue_deliveries,
             wake=lambda: taskqueue.wake_up(app),
+            taken=lambda: taskqueue.wake_up_taken(app),
         )
         return outcome.counts()
 

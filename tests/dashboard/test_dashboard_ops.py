@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from services import free_port
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dashboard import create_app
 from dashboard.accounts import mint_token
 from deepscreen.config import Settings
-from deepscreen.db import migrate
+from deepscreen.db import migrate, queries
 from deepscreen.db.base import utcnow
+from deepscreen.db.models import Image, ImageSource, ImageStatus
 from deepscreen.db.moderation import ApiToken, Role, User
+from deepscreen.storage import ObjectInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,6 +201,35 @@ def test_metrics_report_the_review_queue_and_images_from_the_database(
     assert sample(text, "deepscreen_images", status="queued") == 0
     oldest = sample(text, "deepscreen_review_queue_oldest_age_seconds")
     assert oldest is not None and 0 < oldest < 3600
+    assert sample(text, "deepscreen_classify_backlog") == 0
+    assert sample(text, "deepscreen_classify_backlog_oldest_age_seconds") == 0
+
+
+def test_metrics_report_the_classification_backlog_and_its_oldest_image(
+    viewer: FlaskClient, dbs: Session
+) -> None:
+    # Given 2 images waiting for a worker, the older queued 90 s ago, and one done
+    now = utcnow()
+    for key, queued_at in (("old.jpg", 90), ("new.jpg", 5), ("done.jpg", 300)):
+        registered = now - timedelta(seconds=queued_at)
+        queries.register_images(
+            session=dbs,
+            objects=[ObjectInfo("events", key, "etag", 1, registered)],
+            source=ImageSource.EVENT,
+            now=registered,
+        )
+    dbs.execute(update(Image).where(Image.key == "done.jpg").values(status=ImageStatus.DONE))
+    dbs.commit()
+    # When the metrics are scraped
+    text = viewer.get("/metrics").text
+    # Then the backlog is the 2 queued images, and its oldest has waited 90 s
+    assert sample(text, "deepscreen_classify_backlog") == 2
+    waited = sample(text, "deepscreen_classify_backlog_oldest_age_seconds")
+    assert waited is not None and 90 <= waited < 120
+    # And the stats page shows the same
+    page = viewer.get("/stats/").text
+    assert '<span class="num" id="backlog-count">2</span> images waiting for a worker' in page
+    assert '<span class="num" id="backlog-oldest">1 min 3' in page
 
 
 # ---------------------------------------------------------- deepscreen dashboard

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,18 @@ from dashboard_helpers import make_settings
 from flask import Flask
 from PIL import Image as PILImage
 from sample_images import CORRUPT_FILES, image_bytes
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from test_dashboard_api import issue
 
 from dashboard import create_app
 from deepscreen.config import Settings
-from deepscreen.db import migrate
+from deepscreen.db import migrate, queries
+from deepscreen.db.base import utcnow
 from deepscreen.db.models import Image, ImageSource, ImageStatus
 from deepscreen.db.moderation import AuditEvent, Role, User
 from deepscreen.db.webhooks import EndpointKind, WebhookEndpoint
+from deepscreen.storage import ObjectInfo
 
 MAX_BYTES = 100_000
 MAX_PIXELS = 1_000_000
@@ -214,3 +217,35 @@ def test_the_byte_limit_is_the_submission_setting_not_the_forms_one(
     PILImage.fromarray(noise).save(buf, "PNG")
     assert len(buf.getvalue()) > 1024 * 1024
     assert submit(api, buf.getvalue()).status_code == 202
+
+
+def test_a_backlog_over_the_bound_answers_503_with_retry_after(
+    settings: Settings, dbs: Session, folder: Path, make_user: Callable[..., User]
+) -> None:
+    # Given a bound of 2 images waiting, and 3 queued since a minute ago (no worker)
+    bounded = create_app(dataclasses.replace(settings, submission_max_backlog=2), TESTING=True)
+    api = ApiClient(bounded.test_client(), issue(dbs, make_user("busy", Role.MODERATOR)))
+    a_minute_ago = utcnow() - timedelta(seconds=60)
+    ids = queries.register_images(
+        session=dbs,
+        objects=[ObjectInfo("waiting", f"{i}.jpg", "etag", 1, a_minute_ago) for i in range(3)],
+        source=ImageSource.EVENT,
+        now=a_minute_ago,
+    )
+    dbs.commit()
+    # When an image is submitted
+    response = submit(api, image_bytes(7, "PNG"))
+    # Then it is refused before anything is stored, with a wait of about the oldest's
+    assert response.status_code == 503
+    assert "more than 2 images are waiting" in response.get_json()["error"]
+    assert 60 <= int(response.headers["Retry-After"]) <= 70
+    assert stored(folder) == [] and count(dbs, Image.id) == 3
+    # When the workers catch up to the bound, submissions are taken again
+    dbs.execute(update(Image).where(Image.id == ids[0]).values(status=ImageStatus.DONE))
+    dbs.commit()
+    assert submit(api, image_bytes(7, "PNG")).status_code == 202
+    # And a bound of 0 is no bound
+    unbounded = create_app(dataclasses.replace(settings, submission_max_backlog=0), TESTING=True)
+    api = ApiClient(unbounded.test_client(), api.token)
+    assert submit(api, image_bytes(8, "PNG")).status_code == 202
+    assert count(dbs, Image.id) == 5
