@@ -221,26 +221,67 @@ def emit(
 ) -> list[int]:
     """Record one event and a pending delivery per active endpoint that wants it;
     returns the delivery ids (for the caller to enqueue after commit)."""
+    return emit_many(session, event_type, [(image_id, payload)], now=now)
+
+
+def interested_endpoints(
+    session: Session, event_type: str, image_ids: Iterable[int]
+) -> list[WebhookEndpoint]:
+    """The active endpoints that want ``event_type``: every subscription, and the
+    callbacks of ``image_ids`` (one query, however many images)."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
-    endpoints = [
-        e
-        for e in session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.active.is_(True)))
-        if event_type in (e.event_types or [])
-        and (
-            e.kind is EndpointKind.SUBSCRIPTION or (image_id is not None and e.image_id == image_id)
+    ids = sorted(set(image_ids))
+    scope = WebhookEndpoint.kind == EndpointKind.SUBSCRIPTION
+    if ids:
+        scope = scope | WebhookEndpoint.image_id.in_(ids)
+    rows = session.scalars(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.active.is_(True), scope)
+        .order_by(WebhookEndpoint.id)
+    )
+    return [e for e in rows if event_type in (e.event_types or [])]
+
+
+def emit_many(
+    session: Session,
+    event_type: str,
+    items: Sequence[tuple[int | None, dict[str, Any]]],
+    *,
+    now: datetime,
+    endpoints: Sequence[WebhookEndpoint] | None = None,
+) -> list[int]:
+    """`emit` for many (image id, payload) pairs: one query for the endpoints (unless
+    ``endpoints``, from `interested_endpoints`, is given) and one insert each for the
+    events and their deliveries, not three statements per event. An event no endpoint
+    wants is not recorded. Returns the delivery ids."""
+    if endpoints is None:
+        endpoints = interested_endpoints(
+            session, event_type, [i for i, _ in items if i is not None]
         )
-    ]
     if not endpoints:
         return []
-    event = WebhookEvent(
-        event_id=new_event_id(),
-        type=event_type,
-        payload={"type": event_type, "timestamp": now.isoformat(), "data": payload},
-        image_id=image_id,
-        created_at=now,
-    )
-    session.add(event)
+    planned: list[tuple[WebhookEvent, list[WebhookEndpoint]]] = []
+    for image_id, payload in items:
+        wanted = [
+            e
+            for e in endpoints
+            if e.kind is EndpointKind.SUBSCRIPTION
+            or (image_id is not None and e.image_id == image_id)
+        ]
+        if not wanted:
+            continue
+        event = WebhookEvent(
+            event_id=new_event_id(),
+            type=event_type,
+            payload={"type": event_type, "timestamp": now.isoformat(), "data": payload},
+            image_id=image_id,
+            created_at=now,
+        )
+        planned.append((event, wanted))
+    if not planned:
+        return []
+    session.add_all([event for event, _ in planned])
     session.flush()
     deliveries = [
         WebhookDelivery(
@@ -250,7 +291,8 @@ def emit(
             next_attempt_at=now,
             created_at=now,
         )
-        for e in endpoints
+        for event, wanted in planned
+        for e in wanted
     ]
     session.add_all(deliveries)
     session.flush()

@@ -15,8 +15,7 @@ from sqlalchemy.orm import Session
 
 from deepscreen.db.models import Image, Prediction
 from deepscreen.db.moderation import Verdict
-from deepscreen.db.webhooks import WebhookEndpoint
-from deepscreen.webhooks import VERDICT_CREATED, emit
+from deepscreen.webhooks import VERDICT_CREATED, emit_many, interested_endpoints
 
 
 def verdict_payload(
@@ -41,14 +40,6 @@ def verdict_payload(
     }
 
 
-def wanted(session: Session, event_type: str) -> bool:
-    """Whether any active endpoint subscribes to ``event_type`` (else nothing is built)."""
-    types = session.scalars(
-        select(WebhookEndpoint.event_types).where(WebhookEndpoint.active.is_(True))
-    )
-    return any(event_type in (t or []) for t in types)
-
-
 def emit_verdicts_created(
     session: Session,
     *,
@@ -60,9 +51,14 @@ def emit_verdicts_created(
     """One ``verdict.created`` per image in ``image_ids``; returns the delivery ids.
 
     Call with the images whose verdict `deepscreen.review.record_verdicts` just wrote,
-    after their sha256 and status are set, in the same transaction.
+    after their sha256 and status are set, in the same transaction. A batch costs one
+    query when no endpoint wants the event (the usual case), else four: endpoints,
+    images with their verdicts, one insert of events, one of deliveries.
     """
-    if not image_ids or not wanted(session, VERDICT_CREATED):
+    if not image_ids:
+        return []
+    endpoints = interested_endpoints(session, VERDICT_CREATED, image_ids)
+    if not endpoints:
         return []
     rows = session.execute(
         select(Image, Verdict, Prediction)
@@ -74,8 +70,8 @@ def emit_verdicts_created(
         .where(Image.id.in_(image_ids))
         .order_by(Image.id)
     ).all()
-    deliveries: list[int] = []
-    for image, verdict, prediction in rows:
-        payload = verdict_payload(image, verdict, prediction, model_sha256=model_sha256, now=now)
-        deliveries += emit(session, VERDICT_CREATED, payload, now=now, image_id=image.id)
-    return deliveries
+    items = [
+        (image.id, verdict_payload(image, verdict, prediction, model_sha256=model_sha256, now=now))
+        for image, verdict, prediction in rows
+    ]
+    return emit_many(session, VERDICT_CREATED, items, now=now, endpoints=endpoints)

@@ -57,17 +57,18 @@ def register_images(
     ascending; objects already known are not in the list.
     """
     now = now or utcnow()
-    insert = dialect_insert(session)
+    # One statement for every call (rows go as parameters, "insertmanyvalues"), so its
+    # compiled form is cached: an event registers one image per request.
+    stmt = (
+        dialect_insert(session)(Image.__table__)
+        .on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
+        .returning(Image.id)
+    )
+    connection = session.connection()
     new_ids: list[int] = []
     rows = iter(_unique_rows(objects, source=source, now=now))
     while chunk := list(islice(rows, INSERT_CHUNK)):
-        stmt = (
-            insert(Image)
-            .values(chunk)
-            .on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
-            .returning(Image.id)
-        )
-        new_ids.extend(session.execute(stmt).scalars())
+        new_ids.extend(connection.execute(stmt, chunk).scalars())
     return sorted(new_ids)
 
 
