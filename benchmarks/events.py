@@ -1,19 +1,27 @@
-"""Event-to-verdict latency: a put into SeaweedFS until its verdict, with no scan.
+"""Event-to-verdict latency and throughput at a sweep of put rates, next to the bulk rate.
 
 Run from the repository root, with Redis and PostgreSQL up and ``weed`` installed::
 
-    python benchmarks/events.py [--n 200] [--workers 2] [--rate 5]
+    python benchmarks/events.py [--rates 5,30,60,90,max] [--seconds 10] [--workers 2]
 
 A throwaway SeaweedFS posts its filer notifications (``[notification.webhook]``) to
 ``deepscreen dashboard`` (gunicorn) at ``/events/seaweedfs``, which registers each new
-object in a fresh PostgreSQL database and queues it on Redis; a ``deepscreen worker``
-with ``--workers`` prefork processes classifies it. After a few warm-up images, N
-images (../shared/data, else generated 256px JPEGs) are put one by one at ``--rate``
-puts per second (0: as fast as 4 threads can), and for each the time from the put
-returning to (a) its registration and (b) its verdict's ``finished_at`` is measured.
-Printed: p50, p95 and max of both, and throughput (verdicts per second from the first
-put to the last verdict). Each event is its own classify task of one image, so
-throughput is lower than the batched scan path of benchmarks/pipeline.py.
+object in a fresh PostgreSQL database and queues it on Redis (a ``classify_pending``
+wake-up: images that arrive while the workers are busy are classified together); a
+``deepscreen worker`` with ``--workers`` prefork processes classifies it. After a few
+warm-up images, for each rate in ``--rates`` (puts per second; ``max``: as fast as 4
+threads can), ``rate x --seconds`` images (at least ``--min-n``; ``--max-n`` for
+``max``) from ../shared/data (else generated 256px JPEGs) are put one by one, and for
+each the time from the put returning to its verdict's ``finished_at`` is measured.
+Each rate starts once the previous one is done. Printed per rate: puts/s achieved,
+sustained verdicts/s (images / first put to last verdict), put -> verdict p50, p95
+and max, and the mean images per classify batch.
+
+Then, in the same run (same workers, same images, same database): ``--bulk-n`` images
+already in the bucket outside the events prefix are ingested (registered, and queued
+in batches of ``DEEPSCREEN_CLASSIFY_BATCH_SIZE``) and the bulk rate is ingest start ->
+last verdict, as in benchmarks/pipeline.py. Last, the targets of issue 15: live
+throughput >= 0.8 x bulk, p95 <= 0.3 s at 60 puts/s, p50 <= 0.05 s at 5 puts/s.
 
 The Redis database given by ``--redis-url`` is flushed before and after the run; a
 PostgreSQL database ``deepscreen_bench_<random>`` is created and dropped.
@@ -36,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from botocore.client import BaseClient
 from common import add_service_options, benchmark_images, load_average, production_stack
 from pipeline import (
     flush_redis,
@@ -44,28 +53,32 @@ from pipeline import (
     wait_ready,
     worker_env,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from deepscreen.commands.ingest import ingest
 from deepscreen.config import Settings
 from deepscreen.db import migrate
 from deepscreen.db.models import Image, ImageSource, ImageStatus
 from deepscreen.db.session import make_engine, make_session_factory, session_scope
 from deepscreen.seaweedfs import free_port, webhook_notification
 from deepscreen.storage import S3Store, make_s3_client
+from deepscreen.taskqueue import create_celery, enqueue_classify
 
 BUCKET = "events-bench"
 PREFIX = "incoming/"
+#: Where the bulk run's objects are: outside the events prefix, so they send no event.
+BULK_PREFIX = "bulk/"
 WARMUP = 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    images, source = benchmark_images(args.n)
-    rate = f"{args.rate:g}/s" if args.rate > 0 else "as fast as possible (4 threads)"
+    rates = parse_rates(args.rates)
+    images, source = benchmark_images(args.max_n)
     print(
-        f"images: {len(images)} from {source}  puts: {rate}  workers: {args.workers}  "
-        f"cpus: {os.cpu_count()}  load average: {load_average()}"
+        f"images: {len(images)} distinct from {source}  rates: {args.rates}  "
+        f"workers: {args.workers}  cpus: {os.cpu_count()}  load average: {load_average()}"
     )
     port = free_port()
     secret = secrets.token_urlsafe(24)
@@ -80,37 +93,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         events_secret=secret,
         events_prefixes=(f"{BUCKET}/{PREFIX}",),
     ) as (settings, root):
-        result = run(settings, images, root, args.workers, port, args.rate)
-    report(result, len(images))
+        sweep, bulk = run(settings, images, root, args, port, rates)
+    report(sweep, bulk)
     print(f"load average after: {load_average()}")
     return 0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200, help="images put (default 200)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument(
-        "--rate", type=float, default=5.0, help="puts per second; 0 = as fast as possible"
+        "--rates",
+        default="5,30,60,90,max",
+        help="puts per second, comma-separated; max = as fast as 4 threads can "
+        "(default 5,30,60,90,max)",
     )
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of puts per rate")
+    parser.add_argument("--min-n", type=int, default=100, help="fewest images put per rate")
+    parser.add_argument("--max-n", type=int, default=1000, help="images put at the max rate")
+    parser.add_argument("--bulk-n", type=int, default=1000, help="images of the bulk run")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     add_service_options(parser)
     return parser.parse_args(argv)
+
+
+def parse_rates(raw: str) -> list[float]:
+    """``5,30,max`` -> [5.0, 30.0, 0.0] (0: as fast as possible)."""
+    return [0.0 if part.strip() == "max" else float(part) for part in raw.split(",")]
+
+
+def count_for(rate: float, args: argparse.Namespace) -> int:
+    return args.max_n if rate <= 0 else max(args.min_n, round(rate * args.seconds))
 
 
 # ------------------------------------------------------------------ the run
 
 
 def run(
-    settings: Settings, images: list[bytes], root: Path, workers: int, port: int, rate: float
-) -> dict[str, float]:
-    """Dashboard and worker up, warm-up, then the timed puts; returns the numbers."""
+    settings: Settings,
+    images: list[bytes],
+    root: Path,
+    args: argparse.Namespace,
+    port: int,
+    rates: list[float],
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Dashboard and worker up, warm-up, each rate in turn, then the bulk run."""
     migrate.upgrade(settings)
     flush_redis(settings.broker_url)
     client = make_s3_client(settings)
     client.create_bucket(Bucket=BUCKET)
     store = S3Store(BUCKET, client)
+    # The bulk run's objects, outside the events prefix (no event), uploaded first
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: store.put(f"{BULK_PREFIX}{i:05d}.jpg", images[i % len(images)]),
+                range(args.bulk_n),
+            )
+        )
     dashboard = start_dashboard(settings, port, root / "dashboard.log")
-    worker = start_worker(settings, workers, root / "worker.log")
+    worker = start_worker(settings, args.workers, root / "worker.log")
     engine = make_engine(settings)
     factory = make_session_factory(engine)
     try:
@@ -121,43 +162,93 @@ def run(
         for key, data in zip(warm, images, strict=False):
             store.put(key, data)
         wait_done(factory, set(warm), worker, root)
-
-        keys = [f"{PREFIX}{i:05d}.jpg" for i in range(len(images))]
-        put_at: dict[str, float] = {}
-
-        def put(i: int) -> None:
-            store.put(keys[i], images[i])
-            put_at[keys[i]] = time.time()
-
-        first = time.time()
-        if rate > 0:
-            for i in range(len(images)):
-                time.sleep(max(0.0, first + i / rate - time.time()))
-                put(i)
-        else:
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(put, range(len(images))))
-        rows = wait_done(factory, set(keys), worker, root)
+        sweep = []
+        for rate in rates:
+            time.sleep(1.0)  # idle between rates
+            result = put_at_rate(store, factory, images, rate, count_for(rate, args), worker, root)
+            print(row(result), flush=True)
+            sweep.append(result)
+        time.sleep(1.0)
+        bulk = bulk_run(settings, client, factory, args.bulk_n, worker, root)
     finally:
         stop_worker(worker)
         stop_worker(dashboard)
         engine.dispose()
         flush_redis(settings.broker_url)
+    return sweep, bulk
+
+
+def put_at_rate(
+    store: S3Store,
+    factory: sessionmaker[Session],
+    images: list[bytes],
+    rate: float,
+    n: int,
+    worker: subprocess.Popen[bytes],
+    root: Path,
+) -> dict[str, float]:
+    """Put ``n`` images at ``rate`` per second (0: 4 threads flat out) under a prefix of
+    their own; wait for every verdict; the numbers."""
+    label = "max" if rate <= 0 else f"{rate:g}"
+    keys = [f"{PREFIX}rate-{label}/{i:05d}.jpg" for i in range(n)]
+    put_at: dict[str, float] = {}
+
+    def put(i: int) -> None:
+        store.put(keys[i], images[i % len(images)])
+        put_at[keys[i]] = time.time()
+
+    first = time.time()
+    if rate > 0:
+        for i in range(n):
+            time.sleep(max(0.0, first + i / rate - time.time()))
+            put(i)
+    else:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(put, range(n)))
+    rows = wait_done(factory, set(keys), worker, root)
     finished = {r.key: r.finished_at.timestamp() for r in rows if r.finished_at is not None}
-    registered = np.array([r.created_at.timestamp() - put_at[r.key] for r in rows])
     verdict = np.array([finished[key] - put_at[key] for key in keys])
     last = max(finished.values())
     return {
+        "rate": rate,
+        "n": n,
         "done": sum(r.status is ImageStatus.DONE for r in rows),
         "events": sum(r.source is ImageSource.EVENT for r in rows),
-        "put_seconds": max(put_at.values()) - first,
-        "seconds": last - first,
-        "registered_p50": float(np.percentile(registered, 50)),
-        "registered_p95": float(np.percentile(registered, 95)),
-        "registered_max": float(registered.max()),
+        "puts_per_s": n / max(1e-9, max(put_at.values()) - first),
+        "verdicts_per_s": n / (last - first),
         "p50": float(np.percentile(verdict, 50)),
         "p95": float(np.percentile(verdict, 95)),
         "max": float(verdict.max()),
+        "batches": len({r.claimed_by for r in rows}),
+    }
+
+
+def bulk_run(
+    settings: Settings,
+    client: BaseClient,
+    factory: sessionmaker[Session],
+    n: int,
+    worker: subprocess.Popen[bytes],
+    root: Path,
+) -> dict[str, float]:
+    """Ingest the bulk objects (register, queue in full batches); ingest start -> last
+    verdict, as benchmarks/pipeline.py times it."""
+    app = create_celery(settings)
+    t0 = time.time()
+    summary = ingest(
+        S3Store(BUCKET, client, prefix=BULK_PREFIX),
+        settings=settings,
+        session_factory=factory,
+        enqueue=lambda ids: enqueue_classify(app, ids, batch_size=settings.classify_batch_size),
+    )
+    keys = {f"{BULK_PREFIX}{i:05d}.jpg" for i in range(n)}
+    rows = wait_done(factory, keys, worker, root)
+    last = max(r.finished_at.timestamp() for r in rows if r.finished_at is not None)
+    return {
+        "n": summary.new,
+        "done": sum(r.status is ImageStatus.DONE for r in rows),
+        "images_per_s": n / (last - t0),
+        "seconds": last - t0,
     }
 
 
@@ -194,41 +285,79 @@ def wait_done(
     root: Path,
     timeout: float = 900,
 ) -> list[Image]:
-    """Until every key has a finished image; returns those images."""
+    """Until every key (all under one folder) has a finished image; returns those
+    images. Polls a count, so waiting costs the workers little CPU."""
+    folder = os.path.commonprefix(sorted(keys))
+    mine = (Image.bucket == BUCKET) & Image.key.startswith(folder, autoescape=True)
     deadline = time.monotonic() + timeout
     while True:
         with session_scope(factory) as session:
-            rows = list(
-                session.scalars(
-                    select(Image).where(Image.bucket == BUCKET, Image.finished_at.is_not(None))
-                )
+            finished = session.scalar(
+                select(func.count()).where(mine, Image.finished_at.is_not(None))
             )
-            session.expunge_all()
-        finished = [r for r in rows if r.key in keys]
-        if len(finished) == len(keys):
-            return finished
+        if finished is not None and finished >= len(keys):
+            break
         if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{len(keys) - len(finished)} images unfinished; see {root}/*.log")
-        time.sleep(0.1)
+            raise RuntimeError(f"{len(keys) - (finished or 0)} images unfinished; see {root}/*.log")
+        time.sleep(0.05)
+    with session_scope(factory) as session:
+        rows = list(session.scalars(select(Image).where(mine, Image.finished_at.is_not(None))))
+        session.expunge_all()
+    return [r for r in rows if r.key in keys]
 
 
 # --------------------------------------------------------------------- report
 
+#: Issue 15's targets.
+TARGET_RATIO = 0.8
+TARGET_P95_AT_60 = 0.300
+TARGET_P50_AT_5 = 0.050
 
-def report(r: dict[str, float], n: int) -> None:
+
+def row(r: dict[str, float]) -> str:
+    label = "max" if r["rate"] <= 0 else f"{r['rate']:g}"
+    return (
+        f"{label:>6} {r['puts_per_s']:>9.1f} {r['verdicts_per_s']:>11.1f} {r['p50']:>8.3f} "
+        f"{r['p95']:>8.3f} {r['max']:>8.3f} {r['n'] / max(1, r['batches']):>9.1f} "
+        f"{int(r['done']):>5}/{int(r['n'])}"
+    )
+
+
+def report(sweep: list[dict[str, float]], bulk: dict[str, float]) -> None:
     print()
-    print(f"{'what':48} {'value':>10}")
-    print(f"{'images put / registered from events / done':48} {n:>4} / {r['events']} / {r['done']}")
-    print(f"{'puts took, s':48} {r['put_seconds']:>10.2f}")
-    for name in ("p50", "p95", "max"):
-        print(
-            f"{'put -> registered (event received) ' + name + ', s':48} "
-            f"{r['registered_' + name]:>10.3f}"
+    print(
+        f"{'puts/s':>6} {'achieved':>9} {'verdicts/s':>11} {'p50 s':>8} {'p95 s':>8} "
+        f"{'max s':>8} {'img/batch':>9} {'done':>9}"
+    )
+    for r in sweep:
+        print(row(r))
+    print(
+        f"\nbulk pipeline (same workers, same images): {bulk['n']:.0f} images ingested, "
+        f"{int(bulk['done'])} done, {bulk['images_per_s']:.1f} images/s"
+    )
+    live = max(r["verdicts_per_s"] for r in sweep)
+    ratio = live / bulk["images_per_s"]
+    checks = [
+        (
+            f"live throughput / bulk = {live:.1f} / {bulk['images_per_s']:.1f} = {ratio:.2f}",
+            f">= {TARGET_RATIO}",
+            ratio >= TARGET_RATIO,
+        ),
+    ]
+    by_rate = {r["rate"]: r for r in sweep}
+    if 60 in by_rate:
+        p95 = by_rate[60]["p95"]
+        checks.append(
+            (f"p95 at 60 puts/s = {p95:.3f} s", f"<= {TARGET_P95_AT_60}", p95 <= TARGET_P95_AT_60)
         )
-    for name in ("p50", "p95", "max"):
-        print(f"{'put -> verdict ' + name + ', s':48} {r[name]:>10.3f}")
-    print(f"{'first put -> last verdict, s':48} {r['seconds']:>10.2f}")
-    print(f"{'throughput, verdicts/s':48} {n / r['seconds']:>10.2f}")
+    if 5 in by_rate:
+        p50 = by_rate[5]["p50"]
+        checks.append(
+            (f"p50 at 5 puts/s = {p50:.3f} s", f"<= {TARGET_P50_AT_5}", p50 <= TARGET_P50_AT_5)
+        )
+    print()
+    for what, target, met in checks:
+        print(f"{what:56} target {target:8} {'met' if met else 'MISSED'}")
 
 
 if __name__ == "__main__":
