@@ -15,7 +15,9 @@ threads can), ``rate x --seconds`` images (at least ``--min-n``; ``--max-n`` for
 each the time from the put returning to its verdict's ``finished_at`` is measured.
 Each rate starts once the previous one is done. Printed per rate: puts/s achieved,
 sustained verdicts/s (images / first put to last verdict), put -> verdict p50, p95
-and max, and the mean images per classify batch.
+and max, and the mean images per classify batch; and, per rate and for the bulk run,
+the CPU milliseconds per image each part of the stack used (worker, dashboard,
+SeaweedFS, PostgreSQL, Redis, this script's puts), read from /proc.
 
 Then, in the same run (same workers, same images, same database): ``--bulk-n`` images
 already in the bucket outside the events prefix are ingested (registered, and queued
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -162,14 +165,20 @@ def run(
         for key, data in zip(warm, images, strict=False):
             store.put(key, data)
         wait_done(factory, set(warm), worker, root)
+        roots = {"dashboard": dashboard.pid, "worker": worker.pid}
         sweep = []
         for rate in rates:
             time.sleep(1.0)  # idle between rates
-            result = put_at_rate(store, factory, images, rate, count_for(rate, args), worker, root)
+            before = cpu_seconds(roots)
+            n = count_for(rate, args)
+            result = put_at_rate(store, factory, images, rate, n, worker, root)
+            result["cpu"] = per_image(before, cpu_seconds(roots), n)
             print(row(result), flush=True)
             sweep.append(result)
         time.sleep(1.0)
+        before = cpu_seconds(roots)
         bulk = bulk_run(settings, client, factory, args.bulk_n, worker, root)
+        bulk["cpu"] = per_image(before, cpu_seconds(roots), args.bulk_n)
     finally:
         stop_worker(worker)
         stop_worker(dashboard)
@@ -278,6 +287,45 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: f
             time.sleep(0.2)
 
 
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each part of the stack, from /proc: the process trees
+    of ``roots`` (name -> pid), SeaweedFS, PostgreSQL and Redis (every such process on
+    the machine), and this script; empty where /proc is missing."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[str, int, float]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        procs[int(entry.name)] = (comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    by_root = {pid: name for name, pid in roots.items()}
+    totals: dict[str, float] = {}
+    for pid, (comm, _, cpu) in procs.items():
+        group, up = None, pid
+        while up in procs and group is None:
+            group = by_root.get(up)
+            up = procs[up][1]
+        if group is None:
+            group = {"weed": "seaweedfs", "redis-server": "redis"}.get(comm)
+            group = group or ("postgres" if comm.startswith("postgres") else None)
+        if group is not None:
+            totals[group] = totals.get(group, 0.0) + cpu
+    if procs:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        totals["benchmark"] = usage.ru_utime + usage.ru_stime
+    return totals
+
+
+def per_image(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Milliseconds of CPU per image, by part, between two `cpu_seconds`."""
+    return {k: 1000 * (after[k] - before.get(k, 0.0)) / n for k in sorted(after)}
+
+
 def wait_done(
     factory: sessionmaker[Session],
     keys: set[str],
@@ -335,6 +383,17 @@ def report(sweep: list[dict[str, float]], bulk: dict[str, float]) -> None:
         f"\nbulk pipeline (same workers, same images): {bulk['n']:.0f} images ingested, "
         f"{int(bulk['done'])} done, {bulk['images_per_s']:.1f} images/s"
     )
+    print("\nCPU ms per image, by part of the stack (the machine's other work excluded):")
+    parts = sorted({k for r in [*sweep, bulk] for k in r["cpu"]})
+    print(f"{'run':>6} " + " ".join(f"{p:>10}" for p in parts) + f" {'total':>8}")
+    for r in [*sweep, bulk]:
+        label = "bulk" if r is bulk else ("max" if r["rate"] <= 0 else f"{r['rate']:g}")
+        cpu = r["cpu"]
+        print(
+            f"{label:>6} "
+            + " ".join(f"{cpu.get(p, 0.0):>10.2f}" for p in parts)
+            + f" {sum(cpu.values()):>8.2f}"
+        )
     live = max(r["verdicts_per_s"] for r in sweep)
     ratio = live / bulk["images_per_s"]
     checks = [
