@@ -299,7 +299,17 @@ def embedded_worker(app: Celery) -> Iterator[_Abort]:
         without_gossip=True,
         ready_callback=lambda _consumer: ready.set(),
     )
-    thread = threading.Thread(target=worker.start, name="deepscreen-worker", daemon=True)
+
+    def run() -> None:
+        # A task's retry is sent through the current app, which Celery keeps per
+        # thread; the timer thread that runs a retried task when it is due has none
+        # and falls back to the default app. Unset, both sent retries to Celery's
+        # built-in amqp://localhost, where they were lost.
+        app.set_current()
+        app.set_default()
+        worker.start()
+
+    thread = threading.Thread(target=run, name="deepscreen-worker", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT

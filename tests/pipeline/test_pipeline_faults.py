@@ -2,8 +2,10 @@
 lose no image and classify none twice (SeaweedFS, PostgreSQL, Redis, real workers).
 
 Both runs use short time limits so that redelivery and reconciliation happen within
-the test: a message is redelivered 20 s after its worker died, and the reconciler
-re-enqueues an image queued or processing for 20 s.
+the test: a message is redelivered 80 s after its worker died (the time limit plus
+the longest retry wait, 60 s, is the least Redis may wait), and the reconciler
+re-enqueues an image queued or processing for 20 s. The same faults at default
+settings: test_pipeline_recovery.py.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from deepscreen.db.models import ImageStatus
 #: Seconds the run gets after the fault to classify everything.
 DEADLINE = 300
 
-#: Short limits: a dead worker's messages come back after 20 s, stuck images too.
+#: Short limits: a dead worker's messages come back after 80 s, stuck images after 20 s.
 FAST_RECOVERY = {
     "DEEPSCREEN_TASK_SOFT_TIME_LIMIT": "10",
     "DEEPSCREEN_TASK_TIME_LIMIT": "15",
-    "DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT": "20",
+    "DEEPSCREEN_BROKER_VISIBILITY_TIMEOUT": "80",
     "DEEPSCREEN_RECONCILE_AFTER": "20",
     "DEEPSCREEN_RECONCILE_INTERVAL": "3",
 }
