@@ -25,10 +25,13 @@ import os
 import pstats
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from common import add_service_options, benchmark_images, load_average, production_stack
+from sqlalchemy import event
 
 from deepscreen.db import migrate, queries
 from deepscreen.db.models import ImageSource
@@ -57,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ThreadPoolExecutor(8) as pool:
             etags = list(pool.map(lambda i: store.put(keys[i], images[i]), range(len(images))))
         runtime = Runtime(settings)
+        statements = count_statements(runtime)
         try:
             warm, timed = (
                 list(zip(keys, etags, strict=True))[: args.warmup],
@@ -65,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(runtime, warm, args.batch)  # model loaded, pools and connections open
             profiler = cProfile.Profile()
             started = time.perf_counter()
+            statements.clear()
             phases = run(runtime, timed, args.batch, profiler)
             seconds = time.perf_counter() - started
+            phases.update({k: float(v) for k, v in statements.items()})
         finally:
             runtime.close()
     report(profiler, phases, seconds, len(timed), args.top)
@@ -81,6 +87,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=25, help="profile entries printed")
     add_service_options(parser)
     return parser.parse_args(argv)
+
+
+def count_statements(runtime: Runtime) -> Counter[str]:
+    """Counts of the SQL statements (by first word) and commits the runtime's engine
+    sends from now on; registration is counted too and taken out in `run`."""
+    counts: Counter[str] = Counter()
+    engine = runtime.session_factory.kw["bind"]
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        counts[statement.split(None, 1)[0].upper()] += 1
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    event.listen(engine, "commit", lambda conn: counts.update(["COMMIT"]))
+    return counts
 
 
 def run(
@@ -108,7 +128,7 @@ def run(
         total += time.perf_counter() - began
         if len(outcome.classified) != len(chunk):
             raise RuntimeError(f"expected {len(chunk)} classified, got {outcome.counts()}")
-    return {"call": total}
+    return {"call": total, "calls": float(len(range(0, len(objects), batch)))}
 
 
 def report(
@@ -116,6 +136,13 @@ def report(
 ) -> None:
     print(f"\nclassify_pending: {phases['call'] * 1000 / n:.2f} ms per image over {n} images")
     print(f"with registration between calls: {seconds * 1000 / n:.2f} ms per image")
+    calls = phases["calls"]
+    # Each registration (INSERT + COMMIT) is in the counts; take it out.
+    sql = {k: v for k, v in phases.items() if k not in ("call", "calls")}
+    sql["INSERT"] = sql.get("INSERT", 0) - calls
+    sql["COMMIT"] = sql.get("COMMIT", 0) - calls
+    per_call = ", ".join(f"{k} {v / calls:.1f}" for k, v in sorted(sql.items()) if v)
+    print(f"SQL per call ({n / calls:.0f} images): {per_call}")
     for order in ("tottime", "cumulative"):
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order)
