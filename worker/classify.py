@@ -8,7 +8,11 @@ open while bytes are fetched or inference runs:
 3. write every prediction and every status change in one transaction.
 
 Redelivery is harmless: predictions are unique per (image, model version) and
-inserted with insert-or-ignore, and a decided image is skipped. Corrupt,
+inserted with insert-or-ignore, and a decided image is skipped. The claim records
+the task id (``images.claimed_by``): a redelivered or retried message keeps its id
+and takes its images back, while an image another task claimed less than the hard
+time limit ago is left to it (a micro-batch may have taken images a
+``classify_batch`` message names: `worker.microbatch`). Corrupt,
 unsupported and oversized images and missing objects fail with ``code: message``
 and are never retried. Images whose fetch hit a transient error stay processing
 and a `TransientError` is raised after the commit, so the task is retried for

@@ -1,13 +1,14 @@
 """Micro-batching: images registered a few at a time are classified together.
 
 Bucket events, submissions and small scans queue images one (or a few) at a time.
-Each such registration sends one ``classify_pending`` message, a wake-up rather than
-a unit of work: the worker that takes it claims *whatever is queued* when it is free,
-oldest first, up to ``classify_batch_size``, in one transaction (``FOR UPDATE SKIP
-LOCKED``, so two workers claiming at once take different images). At idle that is
-the one image that sent the message, at once: nothing waits for company. Under load
-the images that arrived while both workers were busy go together, and the wake-ups
-their registrations sent find nothing left and return after one query.
+Such a registration sends a ``classify_pending`` message, a wake-up rather than a unit
+of work: the worker that takes it claims *whatever is queued* when it is free, oldest
+first, up to ``classify_batch_size``, in one transaction (``FOR UPDATE SKIP LOCKED``,
+so two workers claiming at once take different images). At idle that is the one
+image that sent the message, at once: nothing waits for company. Under load the
+images that arrived while both workers were busy go together. On Redis a
+registration sends no wake-up while another one waits untaken
+(`deepscreen.taskqueue.wake_up`): that one's claim will include its image.
 
 Guarantees are those of `worker.classify`: the database is the source of truth and
 every step is idempotent. A message is never the only record of an image: it stays
