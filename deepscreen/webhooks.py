@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from deepscreen.config import DEFAULT_WEBHOOK_RETRY_SCHEDULE
@@ -261,7 +261,8 @@ def emit_many(
         )
     if not endpoints:
         return []
-    planned: list[tuple[WebhookEvent, list[WebhookEndpoint]]] = []
+    events: list[dict[str, Any]] = []
+    wanted_by: dict[str, list[WebhookEndpoint]] = {}
     for image_id, payload in items:
         wanted = [
             e
@@ -271,29 +272,36 @@ def emit_many(
         ]
         if not wanted:
             continue
-        event = WebhookEvent(
-            event_id=new_event_id(),
-            type=event_type,
-            payload={"type": event_type, "timestamp": now.isoformat(), "data": payload},
-            image_id=image_id,
-            created_at=now,
+        event_id = new_event_id()
+        wanted_by[event_id] = wanted
+        events.append(
+            {
+                "event_id": event_id,
+                "type": event_type,
+                "payload": {"type": event_type, "timestamp": now.isoformat(), "data": payload},
+                "image_id": image_id,
+                "created_at": now,
+            }
         )
-        planned.append((event, wanted))
-    if not planned:
+    if not events:
         return []
-    session.add_all([event for event, _ in planned])
-    session.flush()
+    # Core, rows as parameters: one INSERT ... RETURNING per table on PostgreSQL and
+    # SQLite alike (the ORM's flush would insert row by row on SQLite). Returned rows
+    # are matched by event id, so their order does not matter.
+    connection = session.connection()
+    inserted = connection.execute(
+        insert(WebhookEvent).returning(WebhookEvent.id, WebhookEvent.event_id), events
+    ).all()
     deliveries = [
-        WebhookDelivery(
-            event_id=event.id,
-            endpoint_id=e.id,
-            status=DeliveryStatus.PENDING,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        for event, wanted in planned
-        for e in wanted
+        {
+            "event_id": row_id,
+            "endpoint_id": e.id,
+            "status": DeliveryStatus.PENDING,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for row_id, event_id in inserted
+        for e in wanted_by[event_id]
     ]
-    session.add_all(deliveries)
-    session.flush()
-    return [d.id for d in deliveries]
+    stmt = insert(WebhookDelivery).returning(WebhookDelivery.id)
+    return sorted(connection.execute(stmt, deliveries).scalars())

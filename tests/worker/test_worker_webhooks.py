@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from loopback_receiver import LoopbackReceiver, Received, Reply
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from test_worker_classify import register
 
@@ -45,6 +45,7 @@ from deepscreen.webhooks import (
     WebhookVerificationError,
     check_url,
     emit,
+    emit_many,
     new_secret,
     verify,
 )
@@ -723,3 +724,64 @@ def test_deliveries_the_broker_refused_are_left_to_the_dispatcher(
     # ... and the dispatcher sends them once their own message is overdue
     later = utcnow() + timedelta(seconds=FIRST_ATTEMPT_GRACE + 1)
     assert sorted(dispatch(session_factory=factory, now=later)) == sorted(outcome.deliveries)
+
+
+def test_a_batch_of_events_costs_the_same_few_statements_however_many_images(
+    factory: Factory,
+) -> None:
+    # Given a subscription, and a callback for one of 10 images
+    with session_scope(factory) as session:
+        images = [
+            Image(
+                bucket="b",
+                key=f"batch-{utcnow().timestamp()}-{i}",
+                etag="e",
+                source=ImageSource.API,
+            )
+            for i in range(10)
+        ]
+        session.add_all(images)
+        session.flush()
+        ids = [image.id for image in images]
+    add_endpoint(factory, "https://subscriber.example/hook", types=[VERDICT_CREATED])
+    add_endpoint(
+        factory,
+        "https://caller.example/cb",
+        types=[VERDICT_CREATED],
+        kind=EndpointKind.CALLBACK,
+        image_id=ids[3],
+    )
+    engine = factory.kw["bind"]
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.startswith("BEGIN"):  # SQLite's, sent as a statement
+            statements.append(statement.split(None, 1)[0])
+
+    def emitted(items: list[tuple[int | None, dict[str, Any]]]) -> list[int]:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            with session_scope(factory) as session:
+                return emit_many(session, VERDICT_CREATED, items, now=utcnow())
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+
+    # When one event is emitted, then ten in one call
+    one = emitted([(ids[0], {"image_id": ids[0]})])
+    alone = list(statements)
+    ten = emitted([(i, {"image_id": i}) for i in ids])
+    # Then the ten cost what the one did: one query for the endpoints, one insert of
+    # events and one of deliveries
+    assert alone == ["SELECT", "INSERT", "INSERT"], alone
+    assert statements == alone, statements
+    # And each image's event went to the subscription, the callback's also to its caller
+    assert len(one) == 1 and len(ten) == 11
+    with session_scope(factory) as session:
+        per_event = session.execute(
+            select(WebhookEvent.image_id, func.count(WebhookDelivery.id))
+            .join(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)
+            .where(WebhookDelivery.id.in_(ten))
+            .group_by(WebhookEvent.image_id)
+        ).all()
+    assert dict(per_event) == {i: 2 if i == ids[3] else 1 for i in ids}
