@@ -11,6 +11,7 @@ import io
 import json
 import math
 import secrets
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -97,12 +98,16 @@ def test_a_burst_of_single_submissions_is_classified_in_few_tasks_none_lost_or_t
     app = create_app(settings)
     images = [data for name, data in sample_images(20).items() if name not in CORRUPT_FILES]
     # Given 200 images submitted one per request, 8 at a time, while no worker runs
+    started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda i: submit(app, token, images[i % len(images)]), range(BURST)))
+    took = time.monotonic() - started
     assert len(set(ids)) == BURST
     # Then they wait as one wake-up, not 200 messages: each registration found the
-    # previous wake-up still untaken
-    assert [h["task"] for h, _ in classify_messages(settings)] == [taskqueue.CLASSIFY_PENDING]
+    # previous wake-up still untaken (one more per expiry of its key, on a slow machine)
+    tasks = [h["task"] for h, _ in classify_messages(settings)]
+    assert set(tasks) == {taskqueue.CLASSIFY_PENDING}
+    assert len(tasks) <= 1 + int(took // taskqueue.WAKE_UP_TTL)
     # When a worker with two processes starts
     worker = start_process(["worker", "--concurrency", "2"], stack_env)
     bucket = settings.submission_url.removeprefix("s3://").split("/")[0]
