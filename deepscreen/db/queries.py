@@ -188,7 +188,8 @@ def classify_backlog(*, session: Session, cap: int | None = None) -> Backlog:
     """The queued images (counted up to ``cap`` + 1 when given, so a check against a
     bound stays cheap however long the queue) and the oldest one's ``queued_at``.
     Both walk the (status, queued_at) index."""
-    waiting = select(Image.id).where(Image.status == ImageStatus.QUEUED)
+    # Only indexed columns, so PostgreSQL can count from the index alone.
+    waiting = select(Image.queued_at).where(Image.status == ImageStatus.QUEUED)
     if cap is not None:
         waiting = waiting.limit(cap + 1)
     count = session.scalar(select(func.count()).select_from(waiting.subquery()))
