@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from deepscreen import registry
@@ -128,7 +129,10 @@ def retrain(
     gate, publish. Returns how it ended; errors are recorded on the run, not raised.
 
     A delivery whose run is no longer queued (a redelivered message) does nothing,
-    and so does a scheduled run while another one is queued or running.
+    and so does a scheduled run while another one is queued or running, or whose
+    task already made a run: Redis gives a message back after the visibility timeout
+    (minutes, derived from the classify time limits) while a run takes longer, and
+    the copy must not train again once the first run has finished.
     """
     engine = make_engine(settings)
     try:
@@ -150,6 +154,9 @@ def _claim(
 ) -> int | None:
     with session_scope(factory) as session:
         if run_id is None:
+            if task_id is not None and _run_of_task(session, task_id) is not None:
+                logger.info("retraining task %s already made its run: nothing to do", task_id)
+                return None
             if trigger is RunTrigger.SCHEDULE and pending_run(session=session) is not None:
                 logger.info("scheduled retraining skipped: a run is queued or running")
                 return None
@@ -166,6 +173,12 @@ def _claim(
         session.flush()
         logger.info("retraining run %d started (%s)", run.id, run.trigger.value)
         return run.id
+
+
+def _run_of_task(session: Session, task_id: str) -> int | None:
+    """The run a delivery of task ``task_id`` made, if one did."""
+    query = select(TrainingRun.id).where(TrainingRun.task_id == task_id).limit(1)
+    return session.scalars(query).first()
 
 
 def _run(settings: Settings, factory: sessionmaker[Session], run_id: int) -> RunOutcome:

@@ -40,6 +40,9 @@ def retry_policy(settings: Settings) -> dict[str, Any]:
     of ``task_max_retries``; an unreachable database is retried for a bounded time
     instead (`worker.outage`)."""
     return {
+        # Registered on this app only: a shared task is added to every app finalized
+        # afterwards, so a second app in the process (tests) ran the first one's tasks.
+        "shared": False,
         "base": OutageRetryTask,
         "database_retry_window": settings.database_retry_window,
         "autoretry_for": (TransientError,),
