@@ -43,6 +43,9 @@ SQLITE_FILENAME = "deepscreen.sqlite3"
 #: Seconds before each webhook retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 
+#: Seconds after which a task's process is killed, by default; the recovery times
+#: derive from it.
+DEFAULT_TASK_TIME_LIMIT = 60
 #: Longest wait in seconds before a task is retried (backoff doubles up to it). A
 #: retried message waits this long in a worker, unacknowledged, before it runs.
 TASK_RETRY_MAX_DELAY = 60
@@ -112,7 +115,8 @@ class Settings:
             f"{VISIBILITY_MARGIN} s. A value set must exceed the time limit plus "
             f"{TASK_RETRY_MAX_DELAY} s, or long tasks and retries are delivered twice.",
             default_doc="`0`: derived, "
-            f"`{60 + TASK_RETRY_MAX_DELAY + VISIBILITY_MARGIN}` at the default limits",
+            f"`{DEFAULT_TASK_TIME_LIMIT + TASK_RETRY_MAX_DELAY + VISIBILITY_MARGIN}` at the "
+            "default limits",
             minimum=0,
         ),
     )
@@ -239,7 +243,7 @@ class Settings:
         ),
     )
     task_time_limit: int = field(
-        default=60,
+        default=DEFAULT_TASK_TIME_LIMIT,
         metadata=_var(
             "TASK_TIME_LIMIT",
             "Seconds after which a task's process is killed; must exceed the soft limit. "
@@ -293,7 +297,8 @@ class Settings:
             "empty) before the reconciler enqueues it again. `0`: derived, "
             f"`DEEPSCREEN_TASK_TIME_LIMIT` + {RECONCILE_MARGIN} s. A value set must exceed "
             "the time limit, or images whose task is still running are enqueued again.",
-            default_doc=f"`0`: derived, `{60 + RECONCILE_MARGIN}` at the default limits",
+            default_doc=f"`0`: derived, `{DEFAULT_TASK_TIME_LIMIT + RECONCILE_MARGIN}` at the "
+            "default limits",
             minimum=0,
         ),
     )
