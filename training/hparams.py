@@ -48,12 +48,12 @@ class HParams:
     head_epochs: int = 1
     head_learning_rate: float = 1e-3
     #: Phase 2: fine-tune the backbone from `fine_tune_from` upward, low learning rate.
-    fine_tune_epochs: int = 6
+    fine_tune_epochs: int = 7
     fine_tune_learning_rate: float = 2e-4
     #: "constant", or "cosine": decay the phase-2 rate to zero over fine_tune_epochs.
     lr_schedule: str = "cosine"
     #: First backbone layer trained in phase 2: a layer name or an index.
-    fine_tune_from: str = "block_8_expand"
+    fine_tune_from: str = "block_4_expand"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     #: Early stopping on validation ROC-AUC (phase 2), best weights restored.
@@ -79,16 +79,16 @@ class HParams:
     crop_min_scale: float = 0.85
     #: Chance of a JPEG re-compression at a random quality in [min, max], on both labels:
     #: every source has its own JPEG history, which must not become the cue.
-    jpeg_probability: float = 0.5
-    jpeg_quality_min: int = 40
+    jpeg_probability: float = 0.2
+    jpeg_quality_min: int = 50
     jpeg_quality_max: int = 100
     #: Chance of a Gaussian blur with sigma uniform in (0, blur_sigma_max].
-    blur_probability: float = 0.2
-    blur_sigma_max: float = 1.5
+    blur_probability: float = 0.1
+    blur_sigma_max: float = 1.0
     #: Chance of a downscale to a share in [rescale_min, 1) of the side, then back up:
     #: a face from a small photo and one from a large photo look alike after it.
-    rescale_probability: float = 0.3
-    rescale_min: float = 0.35
+    rescale_probability: float = 0.2
+    rescale_min: float = 0.5
     #: Brightness, contrast and saturation jitter amplitude (0.1 = +-10 %).
     color_jitter: float = 0.1
 
