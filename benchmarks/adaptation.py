@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import tempfile
@@ -54,14 +55,37 @@ def write_flags(path: Path, fakes: list, reals: list) -> Path:
     return path
 
 
+def adapt_options(epochs: int, overrides: Sequence[str]) -> AdaptOptions:
+    """AdaptOptions with ``epochs`` and KEY=VALUE overrides, each cast to its field's type."""
+    options = replace(AdaptOptions(), epochs=epochs)
+    kinds = {f.name: type(getattr(options, f.name)) for f in dataclasses.fields(options)}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in kinds:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(kinds)}")
+        options = replace(options, **{key: kinds[key](value)})
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--family", default="hardfakevsreal")
     parser.add_argument("--steps", default="50,100,200")
     parser.add_argument("--epochs", type=int, default=AdaptOptions().epochs)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one AdaptOptions field (e.g. replay_min=800), to measure a lever",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    try:
+        options = adapt_options(args.epochs, args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not (SHARED / "data").is_dir():
         print("../shared/data not found: this benchmark needs the shared data", file=sys.stderr)
         return 2
@@ -93,10 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmpdir = Path(tmp)
             flags = write_flags(tmpdir / "flags.csv", fakes[:n], reals[:n])
             fixes = [replace(s, source="corrections") for s in read_source(f"csv:{flags}")]
-            opts = replace(AdaptOptions(), epochs=args.epochs)
-            result, hp_run, info = train_adapted(args.base, fixes, base, tmpdir / "work", opts=opts)
+            result, hp_run, info = train_adapted(
+                args.base, fixes, base, tmpdir / "work", opts=options
+            )
             out = tmpdir / "model"
-            export(result.model, result.valid, hp_run, out, sources=result.sources, training_info=info)
+            export(
+                result.model, result.valid, hp_run, out, sources=result.sources, training_info=info
+            )
             report = gate_report(
                 candidate_dir=out,
                 active_dir=args.base,
@@ -122,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wall_time_s": round(seconds, 1),
             "train_s": round(result.wall_time_s, 1),
             "version": card["version"],
+            "options": dataclasses.asdict(options),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
