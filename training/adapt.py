@@ -43,15 +43,15 @@ class AdaptOptions:
     """How an adaptation run trains; defaults documented in the README."""
 
     #: Fine-tuning epochs (early stopping on validation ROC-AUC, best weights kept).
-    epochs: int = 4
+    epochs: int = 6
     learning_rate: float = 1e-4
     #: First backbone layer trained: the upper blocks, where generator traces live.
     fine_tune_from: str = "block_8_expand"
     #: Each correction counts this many times an average base image of its class.
-    correction_weight: float = 3.0
+    correction_weight: float = 5.0
     #: Base images replayed: this many per correction, at least ``replay_min``.
-    replay_per_correction: int = 6
-    replay_min: int = 1200
+    replay_per_correction: int = 3
+    replay_min: int = 600
     #: Share of the corrections held out for validation (by a hash of the file name).
     holdout: float = 0.2
     seed: int = 1337
