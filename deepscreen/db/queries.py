@@ -268,11 +268,7 @@ def find_stale_images(
         waiting = func.coalesce(Image.queued_at, Image.created_at) < before
         stale = stale | ((Image.status == ImageStatus.QUEUED) & waiting)
     stmt = (
-        select(Image)
-        .where(stale)
-        .order_by(Image.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        select(Image).where(stale).order_by(Image.id).limit(limit).with_for_update(skip_locked=True)
     )
     return list(session.scalars(stmt))
 
