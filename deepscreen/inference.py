@@ -271,12 +271,13 @@ class Classifier:
         Decoded pixels for at most two batches are held however many items are passed.
         """
         chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
-        workers = max(1, self.num_threads or 1)
-        if workers == 1 or len(items) <= 1:
+        if (self.num_threads or 1) <= 1 or len(items) <= 1:
             return [
-                r for chunk in chunks for r in self._classify_prepared(self._prepare_all(chunk))
+                result
+                for chunk in chunks
+                for result in self._classify_prepared([self._prepare_or_error(d) for d in chunk])
             ]
-        pool = self._prepare_pool(workers)
+        pool = self._prepare_pool()
         results: list[Prediction | ImageError] = []
         ahead = [pool.submit(self._prepare_or_error, data) for data in chunks[0]]
         for index in range(len(chunks)):
@@ -286,12 +287,12 @@ class Classifier:
             results.extend(self._classify_prepared([f.result() for f in current]))
         return results
 
-    def _prepare_pool(self, workers: int) -> ThreadPoolExecutor:
-        """The threads that prepare images for `classify`, started once: each keeps its
-        own face detector loaded."""
+    def _prepare_pool(self) -> ThreadPoolExecutor:
+        """The ``num_threads`` threads that prepare images for `classify`, started once:
+        each keeps its own face detector loaded."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
+                self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="prepare")
             return self._pool
 
     def _prepare_or_error(self, data: bytes) -> PreparedImage | ImageError:
@@ -299,9 +300,6 @@ class Classifier:
             return self.prepare(data)
         except ImageError as exc:
             return exc
-
-    def _prepare_all(self, chunk: Sequence[bytes]) -> list[PreparedImage | ImageError]:
-        return [self._prepare_or_error(data) for data in chunk]
 
     def _classify_prepared(
         self, prepared: list[PreparedImage | ImageError]
