@@ -42,6 +42,7 @@ from training.data import read_source, split_samples
 from training.evaluate import score_through_serving
 from training.export import export
 from training.gate import GateSets, gate_report
+from training.hparams import coerce
 
 SHARED = REPO_ROOT.parent / "shared"
 
@@ -58,12 +59,12 @@ def write_flags(path: Path, fakes: list, reals: list) -> Path:
 def adapt_options(epochs: int, overrides: Sequence[str]) -> AdaptOptions:
     """AdaptOptions with ``epochs`` and KEY=VALUE overrides, each cast to its field's type."""
     options = replace(AdaptOptions(), epochs=epochs)
-    kinds = {f.name: type(getattr(options, f.name)) for f in dataclasses.fields(options)}
+    types = {f.name: f.type for f in dataclasses.fields(options)}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or key not in kinds:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(kinds)}")
-        options = replace(options, **{key: kinds[key](value)})
+        if not sep or key not in types:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
+        options = replace(options, **{key: coerce(types[key], value)})
     return options
 
 

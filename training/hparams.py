@@ -125,11 +125,13 @@ class HParams:
         unknown = set(overrides) - set(types)
         if unknown:
             raise ValueError(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
-        coerced = {k: _coerce(types[k], v) for k, v in overrides.items()}
+        coerced = {k: coerce(types[k], v) for k, v in overrides.items()}
         return replace(self, **coerced)
 
 
-def _coerce(type_name: Any, value: Any) -> Any:
+def coerce(type_name: Any, value: Any) -> Any:
+    """``value`` (a string from the command line, or TOML's own type) as a field of type
+    ``type_name`` (a dataclass field's type, a name under postponed annotations)."""
     name = type_name if isinstance(type_name, str) else type_name.__name__
     if not isinstance(value, str):
         return float(value) if name == "float" and isinstance(value, int) else value
@@ -146,7 +148,9 @@ def _coerce(type_name: Any, value: Any) -> Any:
     return value
 
 
-def load_hparams(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> HParams:
+def load_hparams(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> HParams:
     """HParams from a TOML file (default: training/hparams.toml) plus overrides."""
     values: dict[str, Any] = {}
     path = Path(path) if path else DEFAULT_HPARAMS_FILE
