@@ -9,8 +9,8 @@ Detection runs on a copy shrunk to at most ``detect_side`` pixels: the short-ran
 model first, then, if it finds nothing, the same on a grey-padded copy (faces cut by
 the frame edge), then the full-range model (small faces in wide shots). Every crop
 is a square around the box, enlarged by ``margin``, cut from the decoded image and
-resized to the model's input with one filter, whatever the image's size, so a model
-cannot tell large images from small ones by how their crops were made.
+resized to the model's input with one filter; with ``min_crop_side`` set to the input
+side, a small face's square is cut at that side in native pixels and not resampled.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ class FaceStage:
     min_detail: float = 3.0
     #: The square crop's side is the box's longer side times (1 + margin).
     margin: float = 0.6
+    #: The square's side is at least this (original pixels). Set to the model's input
+    #: side, a face whose enlarged box is smaller is cut as an input-sized square of
+    #: native pixels with no resampling, so traces at pixel scale (a generator's
+    #: upsampling) reach the model intact; larger faces are still downscaled. 0: off.
+    min_crop_side: int = 0
     #: Faces classified per image, largest first (all are still recorded).
     max_faces: int = 4
     #: Detection runs on a copy whose longer side is at most this.
@@ -81,8 +86,8 @@ class FaceStage:
             raise ValueError("min_confidence must be in (0, 1)")
         if self.min_face_px < 1 or self.max_faces < 1 or self.detect_side < 64:
             raise ValueError("min_face_px, max_faces and detect_side must be positive")
-        if self.margin < 0 or self.pad_fraction < 0:
-            raise ValueError("margin and pad_fraction must be >= 0")
+        if self.margin < 0 or self.pad_fraction < 0 or self.min_crop_side < 0:
+            raise ValueError("margin, pad_fraction and min_crop_side must be >= 0")
 
     def to_card(self) -> dict[str, Any]:
         card = asdict(self)
@@ -316,12 +321,14 @@ def _slide(start: int, side: int, extent: int) -> int:
 
 
 def crop_square(img: Image.Image, face: FaceBox, stage: FaceStage, size: int) -> np.ndarray:
-    """The square crop around ``face``, enlarged by the margin, as (size, size, 3) uint8.
+    """The square crop around ``face``, enlarged by the margin (and to at least
+    ``stage.min_crop_side``), as (size, size, 3) uint8.
 
-    Parts of the square outside the image are black. The crop is always resized with
-    the same filter, including when it already has ``size`` pixels' worth of detail.
+    Parts of the square outside the image are black. A square of any other side than
+    ``size`` is resized with the stage's one filter; one of exactly ``size`` pixels is
+    not resampled at all.
     """
-    side = round(face.side * (1.0 + stage.margin))
+    side = max(round(face.side * (1.0 + stage.margin)), stage.min_crop_side)
     x0 = round((face.x0 + face.x1 - side) / 2)
     y0 = round((face.y0 + face.y1 - side) / 2)
     # Slide the square inside the image where it fits, so fewer crops carry black bands
@@ -329,7 +336,8 @@ def crop_square(img: Image.Image, face: FaceBox, stage: FaceStage, size: int) ->
     x0 = _slide(x0, side, img.width)
     y0 = _slide(y0, side, img.height)
     crop = img.crop((x0, y0, x0 + side, y0 + side))
-    crop = crop.resize((size, size), RESAMPLE[stage.resample], reducing_gap=None)
+    if crop.size != (size, size):
+        crop = crop.resize((size, size), RESAMPLE[stage.resample], reducing_gap=None)
     return np.asarray(crop, dtype=np.uint8)
 
 

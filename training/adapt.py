@@ -70,6 +70,7 @@ def parent_hparams(card: dict[str, Any]) -> HParams:
             face_min_confidence=stage.get("min_confidence", HParams.face_min_confidence),
             face_min_px=stage.get("min_face_px", HParams.face_min_px),
             face_min_detail=stage.get("min_detail", HParams.face_min_detail),
+            face_min_crop_side=stage.get("min_crop_side", HParams.face_min_crop_side),
         )
     else:
         recorded["face_stage"] = False

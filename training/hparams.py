@@ -29,6 +29,10 @@ class HParams:
     face_min_confidence: float = 0.5
     face_min_px: int = 32
     face_min_detail: float = 3.0
+    #: The face square's least side in original pixels (`FaceStage.min_crop_side`):
+    #: image_size cuts small faces at native resolution, unresampled. 0: off (every
+    #: crop resized, as the models before this field were trained).
+    face_min_crop_side: int = 0
     #: MobileNetV2 width multiplier.
     alpha: float = 1.0
     #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.
@@ -77,6 +81,9 @@ class HParams:
     #: Random square crop of this share of the side (or more), resized back: small shifts
     #: and scale changes of the face crop, on both labels.
     crop_min_scale: float = 0.85
+    #: Chance of that crop-and-resize (1.0: every image). Below 1, the other images keep
+    #: the face stage's pixels as serving sees them (native with face_min_crop_side).
+    crop_probability: float = 1.0
     #: Chance of a JPEG re-compression at a random quality in [min, max], on both labels:
     #: every source has its own JPEG history, which must not become the cue.
     jpeg_probability: float = 0.2
@@ -115,6 +122,8 @@ class HParams:
             raise ValueError("val_fraction must be in (0, 1)")
         if not 0 < self.crop_min_scale <= 1:
             raise ValueError("crop_min_scale must be in (0, 1]")
+        if not 0 <= self.crop_probability <= 1:
+            raise ValueError("crop_probability must be in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -147,6 +147,11 @@ def make_augmenter(hp: HParams):
         small = tf.image.resize(img, tf.stack([side, side]), method="bilinear", antialias=True)
         return _to_uint8(tf.image.resize(small, [size, size], method="bilinear"))
 
+    def crop(img: tf.Tensor) -> tf.Tensor:
+        side = tf.cast(tf.round(tf.random.uniform([], hp.crop_min_scale, 1.0) * size), tf.int32)
+        img = tf.image.random_crop(img, tf.stack([side, side, 3]))
+        return _to_uint8(tf.image.resize(img, [size, size], method="bilinear", antialias=True))
+
     def blur(img: tf.Tensor) -> tf.Tensor:
         sigma = tf.random.uniform([], 0.1, hp.blur_sigma_max)
         return _to_uint8(_gaussian_blur(tf.cast(img, tf.float32), sigma))
@@ -154,11 +159,8 @@ def make_augmenter(hp: HParams):
     def augment(img: tf.Tensor) -> tf.Tensor:
         if hp.flip:
             img = tf.image.random_flip_left_right(img)
-        if hp.crop_min_scale < 1.0:
-            scale = tf.random.uniform([], hp.crop_min_scale, 1.0)
-            side = tf.cast(tf.round(scale * size), tf.int32)
-            img = tf.image.random_crop(img, tf.stack([side, side, 3]))
-            img = _to_uint8(tf.image.resize(img, [size, size], method="bilinear", antialias=True))
+        if hp.crop_min_scale < 1.0 and hp.crop_probability > 0:
+            img = maybe(hp.crop_probability, crop, img)
         if hp.rescale_probability > 0:
             img = maybe(hp.rescale_probability, rescale, img)
         if hp.blur_probability > 0:

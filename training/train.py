@@ -67,6 +67,7 @@ def face_stage_for(hp: HParams) -> FaceStage | None:
         min_confidence=hp.face_min_confidence,
         min_face_px=hp.face_min_px,
         min_detail=hp.face_min_detail,
+        min_crop_side=hp.face_min_crop_side,
     )
 
 

@@ -124,6 +124,22 @@ def test_crop_slides_inside_the_image_and_pads_only_when_larger() -> None:
     assert crop.min() == 0 and crop.max() == 200
 
 
+def test_min_crop_side_cuts_small_faces_at_native_pixels() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    face = FaceBox(40, 40, 60, 60, 0.9)  # 20 px face: its 30 px square is below 64
+    native = crop_square(img, face, FaceStage(margin=0.5, min_crop_side=64), 64)
+    # The 64 px square centred on the face, pixel for pixel: nothing was resampled.
+    assert np.array_equal(native, pixels[18:82, 18:82])
+    resized = crop_square(img, face, FaceStage(margin=0.5), 64)
+    assert not np.array_equal(resized, native)
+    # A face whose square is larger than the floor is still downscaled to the input.
+    big = crop_square(img, FaceBox(10, 10, 90, 90, 0.9), FaceStage(min_crop_side=64), 64)
+    assert big.shape == (64, 64, 3)
+    assert FaceStage(min_crop_side=64).digest() != FaceStage().digest()
+
+
 def _shared_sample(per_folder: int) -> list[Path]:
     picks: dict[str, list[Path]] = {}
     for root in (SHARED / "data", SHARED / "data-more"):
