@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import ExecutionContext
+from sqlalchemy.engine.default import CACHE_HIT
 from sqlalchemy.orm import Session
 
 from deepscreen.db import queries
@@ -80,6 +83,56 @@ def test_register_handles_more_rows_than_one_statement(db_session: Session, buck
     objects = (listed(bucket, f"k/{i:05d}.jpg", "e") for i in range(n))  # any iterable
     ids = queries.register_images(session=db_session, objects=objects, source=ImageSource.SCAN)
     assert len(set(ids)) == n == count(db_session, bucket)
+
+
+def test_registering_one_object_reuses_the_compiled_statement(
+    db_session: Session, bucket: str
+) -> None:
+    """Events and submissions register one object per request: its INSERT ... ON
+    CONFLICT must come from SQLAlchemy's statement cache, not be compiled every time
+    (the dialects' insert constructs have no cache key)."""
+    contexts: list[ExecutionContext] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO IMAGES"):
+            contexts.append(args[-2])
+
+    connection = db_session.connection()
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        # Given one object registered (the statement is compiled, or already cached)
+        now = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+        first = queries.register_images(
+            session=db_session,
+            objects=[listed(bucket, "one.jpg", "e1", 7)],
+            source=ImageSource.EVENT,
+            now=now,
+        )
+        # When another one, and then the first again, are registered alone
+        second = queries.register_images(
+            session=db_session, objects=[listed(bucket, "two.jpg", "e2")], source=ImageSource.API
+        )
+        again = queries.register_images(
+            session=db_session, objects=[listed(bucket, "one.jpg", "e1")], source=ImageSource.EVENT
+        )
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    # Then each is one statement and the later ones are cache hits
+    assert len(contexts) == 3
+    assert [c.cache_hit == CACHE_HIT for c in contexts[1:]] == [True, True]
+    # And the rows are as the many-row path writes them; a known object returns nothing
+    assert len(first) == 1 and len(second) == 1 and again == []
+    one, two = queries.get_images(session=db_session, ids=first + second)
+    assert (one.key, one.etag, one.size, one.source) == ("one.jpg", "e1", 7, ImageSource.EVENT)
+    assert one.status is ImageStatus.QUEUED and one.attempts == 0
+    assert one.queued_at == now == one.created_at == one.updated_at
+    assert (two.key, two.size, two.source, two.status) == (
+        "two.jpg",
+        1,
+        ImageSource.API,
+        ImageStatus.QUEUED,
+    )
+    assert count(db_session, bucket) == 2
 
 
 def test_register_nothing(db_session: Session) -> None:
