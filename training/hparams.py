@@ -32,7 +32,7 @@ class HParams:
     #: The face square's least side in original pixels (`FaceStage.min_crop_side`):
     #: image_size cuts small faces at native resolution, unresampled. 0: off (every
     #: crop resized, as the models before this field were trained).
-    face_min_crop_side: int = 0
+    face_min_crop_side: int = 224
     #: MobileNetV2 width multiplier.
     alpha: float = 1.0
     #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.
@@ -83,7 +83,7 @@ class HParams:
     crop_min_scale: float = 0.85
     #: Chance of that crop-and-resize (1.0: every image). Below 1, the other images keep
     #: the face stage's pixels as serving sees them (native with face_min_crop_side).
-    crop_probability: float = 1.0
+    crop_probability: float = 0.3
     #: Chance of a JPEG re-compression at a random quality in [min, max], on both labels:
     #: every source has its own JPEG history, which must not become the cue.
     jpeg_probability: float = 0.2
