@@ -24,13 +24,14 @@ def threshold_at_fpr(
     """A threshold whose false-positive rate on real images is <= target_fpr.
 
     A score >= threshold means "fake". The threshold sits in the middle of the first
-    gap above the highest real score that must stay below it that is at least
-    ``2 * margin`` wide, so no validation score lies within ``margin`` of it and
-    small numeric differences (Keras vs TFLite, float16) do not flip labels at the
-    boundary (measured: up to 0.00006 on the shipped model, 0.0004 on the tests'
-    tiny float16 model). Saturated scores (a cluster within float32 steps of 1.0) are skipped
-    over: the threshold then rises above them, which only lowers the false-positive
-    rate, and may exceed 1.0 (nothing is called fake).
+    gap above the highest real score that must stay below it that is wide enough
+    (`_threshold_above`: ``2 * margin`` at a score of 0.5, measured in logits, so the
+    same relative room near 0 and 1), so small numeric differences (Keras vs TFLite,
+    float16, which move the logit and so the score by less where the sigmoid is flat)
+    do not flip labels at the boundary (measured: up to 0.00006 on the shipped model,
+    0.0004 on the tests' tiny float16 model). Saturated scores (a cluster within
+    float32 steps of 1.0) are skipped over: the threshold then rises above them, which
+    only lowers the false-positive rate, and may exceed 1.0 (nothing is called fake).
     """
     real = np.sort(scores[labels == 0])
     if len(real) == 0:
@@ -38,10 +39,28 @@ def threshold_at_fpr(
     allowed = int(np.floor(target_fpr * len(real)))  # reals that may score >= threshold
     if allowed >= len(real):
         return float(np.min(scores)) - margin  # every image is called fake
-    lower = float(real[len(real) - 1 - allowed])
+    return _threshold_above(float(real[len(real) - 1 - allowed]), scores, margin)
+
+
+#: Scores closer than this are one value to a float32 model: no threshold between them.
+_SAME_SCORE = 1e-6
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return float(np.log(p / (1.0 - p)))
+
+
+def _threshold_above(lower: float, scores: np.ndarray, margin: float) -> float:
+    """The midpoint, in logits, of the first gap above ``lower`` between ``scores`` at
+    least ``8 * margin`` logits wide (``2 * margin`` in score at 0.5): a confident model's
+    scores crowd towards 1.0 far closer than ``margin`` and yet are as far apart in logits
+    as in the middle, so the threshold stays next to ``lower`` instead of climbing the
+    crowd to 1.0. ``lower + margin`` (maybe above 1.0) when no gap is wide enough."""
     for upper in np.unique(scores[scores > lower]).astype(float):
-        if upper - lower >= 2 * margin:
-            return (lower + upper) / 2
+        lo, hi = _logit(lower), _logit(upper)
+        if upper - lower >= _SAME_SCORE and hi - lo >= 8 * margin:
+            return float(1.0 / (1.0 + np.exp(-(lo + hi) / 2)))
         lower = upper
     return lower + margin
 
@@ -81,7 +100,7 @@ def threshold_for_sources(
 
     Pooling by count would let the largest real source set the threshold and a small
     one (large stock photos, say) be flagged far more often than the card says. The
-    threshold keeps the same ``margin`` from every score as `threshold_at_fpr`.
+    threshold keeps the same room from every score as `threshold_at_fpr`.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
@@ -106,13 +125,9 @@ def threshold_for_sources(
             break
     if lower is None:
         return 1.0
-    for upper in np.unique(scores[scores > lower]).astype(float):
-        if upper - lower >= 2 * margin:
-            return min(1.0, (lower + upper) / 2)
-        lower = upper
     # Saturated scores: a threshold above every score would call nothing fake; the card
     # keeps thresholds within [0, 1].
-    return min(1.0, lower + margin)
+    return min(1.0, _threshold_above(lower, scores, margin))
 
 
 def fpr_per_real_source(

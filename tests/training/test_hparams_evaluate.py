@@ -61,9 +61,36 @@ def test_threshold_at_fpr_keeps_clear_of_saturated_scores() -> None:
     # And a gap narrower than twice the margin is skipped for the next wide one
     narrow = np.array([0.1, 0.50000, 0.50005, 0.50008, 0.7, 0.8])
     t = threshold_at_fpr(narrow, np.array([0, 0, 0, 1, 1, 1]), 0.0)
-    assert t == pytest.approx((0.50008 + 0.7) / 2)
+    logit = lambda p: np.log(p / (1 - p))
+    assert logit(t) == pytest.approx((logit(0.50008) + logit(0.7)) / 2)
     # And a target that allows every real above it calls every image fake
     assert threshold_at_fpr(narrow, np.array([0, 0, 0, 1, 1, 1]), 1.0) < 0.1
+
+
+def test_threshold_stays_next_to_the_reals_when_a_confident_models_scores_crowd_near_one() -> None:
+    from training.evaluate import fpr_per_real_source, threshold_for_sources
+
+    # Given a confident model: 7.5 % of each real source and most fakes score above 0.99,
+    # where neighbouring scores are far closer than the 0.001 margin (an adapted model
+    # measured here got threshold 1.0, recall 0, from such scores)
+    rng = np.random.default_rng(1)
+    crowd = lambda n: 1 - 10 ** rng.uniform(-6, -2, n)  # 0.99 .. 0.999999
+    reals = {name: np.r_[rng.uniform(0, 0.5, 185), crowd(15)] for name in ("a", "b")}
+    fakes = np.r_[crowd(900), rng.uniform(0.5, 0.99, 100)]
+    scores = np.r_[reals["a"], reals["b"], fakes]
+    labels = np.r_[np.zeros(400), np.ones(1000)].astype(int)
+    sources = ["a"] * 200 + ["b"] * 200 + ["fake"] * 1000
+    # When the thresholds are chosen
+    for t in (threshold_for_sources(scores, labels, sources, 0.05),
+              threshold_at_fpr(scores, labels, 0.05)):
+        rates = fpr_per_real_source(scores, labels, sources, t)
+        # Then they keep the promise, still call most of the crowded fakes fake, and
+        # keep clear of every score in logits
+        fprs = [r["fpr"] for r in rates.values()]
+        assert np.mean(fprs) <= 0.05 and max(fprs) <= 0.07
+        assert t < 1.0 and np.mean(fakes >= t) > 0.5
+        gaps = np.abs(np.log(scores / (1 - scores)) - np.log(t / (1 - t)))
+        assert gaps.min() >= 4e-3 - 1e-9
 
 
 def test_threshold_for_sources_holds_on_every_real_source() -> None:
@@ -85,7 +112,7 @@ def test_threshold_for_sources_holds_on_every_real_source() -> None:
     assert max(rates.values()) <= 0.07 and np.mean(list(rates.values())) <= 0.05
     pooled = threshold_at_fpr(scores, labels, 0.05)
     assert np.mean(small >= pooled) > 0.07
-    assert not np.any(np.abs(scores - t) < 1e-3)
+    assert not np.any(np.abs(np.log(scores / (1 - scores)) - np.log(t / (1 - t))) < 4e-3)
 
 
 def test_threshold_for_sources_stays_in_range_with_small_and_saturated_sources() -> None:
