@@ -47,6 +47,9 @@ class AdaptOptions:
     learning_rate: float = 1e-4
     #: First backbone layer trained: the upper blocks, where generator traces live.
     fine_tune_from: str = "block_8_expand"
+    #: Keep BatchNorm in inference mode with the parent's statistics: a few hundred
+    #: images cannot then shift what every base source's features are normalised by.
+    freeze_batchnorm: bool = False
     #: Each correction counts this many times an average base image of its class.
     correction_weight: float = 5.0
     #: Base images replayed: this many per correction, at least ``replay_min``.
@@ -148,6 +151,7 @@ def adapt_hparams(parent: HParams, opts: AdaptOptions, overrides: dict[str, Any]
             "fine_tune_epochs": opts.epochs,
             "fine_tune_learning_rate": opts.learning_rate,
             "fine_tune_from": opts.fine_tune_from,
+            "freeze_batchnorm": opts.freeze_batchnorm,
             "early_stopping_patience": max(2, opts.epochs // 2),
             **overrides,
         }

@@ -44,13 +44,18 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
             raise FileNotFoundError(f"backbone weights not found: {path}")
         backbone.load_weights(path)
         log.info("loaded backbone weights from %s", path)
-    # With pretrained weights and freeze_batchnorm, BatchNorm stays in inference mode in
-    # both phases (Keras transfer-learning guide): small fine-tuning batches cannot wreck
-    # the ImageNet statistics. Otherwise BatchNorm learns; Keras' MobileNetV2 momentum
-    # (0.999) would need thousands of steps before its moving statistics match the
-    # batches, so they follow the data faster.
-    pretrained = weights not in ("none", "", None)
-    if pretrained and hp.freeze_batchnorm:
+    # With freeze_batchnorm, BatchNorm stays in inference mode in both phases (Keras
+    # transfer-learning guide): small fine-tuning batches cannot wreck the statistics
+    # of the pretrained weights, ImageNet's or (adapt) the parent model's loaded later.
+    # Otherwise BatchNorm learns; Keras' MobileNetV2 momentum (0.999) would need
+    # thousands of steps before its moving statistics match the batches, so they follow
+    # the data faster.
+    if hp.freeze_batchnorm:
+        # Keras 3 does not keep the call's training=False when the model is fit; a
+        # BatchNormalization layer that is not trainable always runs in inference mode.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
         x = backbone(x, training=False)
     else:
         for layer in backbone.layers:
@@ -67,8 +72,11 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
 
 
-def set_trainable(model: keras.Model, fine_tune_from: str | int | None) -> int:
-    """Freeze the backbone below ``fine_tune_from`` (all of it when None).
+def set_trainable(
+    model: keras.Model, fine_tune_from: str | int | None, *, freeze_batchnorm: bool = False
+) -> int:
+    """Freeze the backbone below ``fine_tune_from`` (all of it when None), and every
+    BatchNormalization layer with ``freeze_batchnorm``.
 
     Returns the number of backbone layers left trainable.
     """
@@ -79,7 +87,8 @@ def set_trainable(model: keras.Model, fine_tune_from: str | int | None) -> int:
     backbone.trainable = True
     start = _layer_index(backbone, fine_tune_from)
     for i, layer in enumerate(backbone.layers):
-        layer.trainable = i >= start
+        frozen_bn = freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and not frozen_bn
     return len(backbone.layers) - start
 
 

@@ -210,7 +210,7 @@ def train_samples(
         ).items():
             history[f"head_{k}"] = v
     if hp.fine_tune_epochs > 0:
-        n = set_trainable(model, hp.fine_tune_from)
+        n = set_trainable(model, hp.fine_tune_from, freeze_batchnorm=hp.freeze_batchnorm)
         log.info("fine-tuning the top %d backbone layers", n)
         stop = keras.callbacks.EarlyStopping(
             monitor="val_auc",
