@@ -51,10 +51,10 @@ class AdaptOptions:
     #: images cannot then shift what every base source's features are normalised by.
     freeze_batchnorm: bool = False
     #: Each correction counts this many times an average base image of its class.
-    correction_weight: float = 5.0
+    correction_weight: float = 8.0
     #: Base images replayed: this many per correction, at least ``replay_min``.
-    replay_per_correction: int = 3
-    replay_min: int = 600
+    replay_per_correction: int = 6
+    replay_min: int = 1200
     #: Share of the corrections held out for validation (by a hash of the file name).
     holdout: float = 0.2
     seed: int = 1337
