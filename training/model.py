@@ -45,17 +45,12 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
         backbone.load_weights(path)
         log.info("loaded backbone weights from %s", path)
     # With freeze_batchnorm, BatchNorm stays in inference mode in both phases (Keras
-    # transfer-learning guide): small fine-tuning batches cannot wreck the statistics
-    # of the pretrained weights, ImageNet's or (adapt) the parent model's loaded later.
-    # Otherwise BatchNorm learns; Keras' MobileNetV2 momentum (0.999) would need
-    # thousands of steps before its moving statistics match the batches, so they follow
-    # the data faster.
+    # transfer-learning guide; `set_trainable` keeps its layers frozen): small
+    # fine-tuning batches cannot wreck the statistics of the pretrained weights,
+    # ImageNet's or (adapt) the parent model's loaded later. Otherwise BatchNorm
+    # learns; Keras' MobileNetV2 momentum (0.999) would need thousands of steps before
+    # its moving statistics match the batches, so they follow the data faster.
     if hp.freeze_batchnorm:
-        # Keras 3 does not keep the call's training=False when the model is fit; a
-        # BatchNormalization layer that is not trainable always runs in inference mode.
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
         x = backbone(x, training=False)
     else:
         for layer in backbone.layers:
@@ -76,7 +71,9 @@ def set_trainable(
     model: keras.Model, fine_tune_from: str | int | None, *, freeze_batchnorm: bool = False
 ) -> int:
     """Freeze the backbone below ``fine_tune_from`` (all of it when None), and every
-    BatchNormalization layer with ``freeze_batchnorm``.
+    BatchNormalization layer with ``freeze_batchnorm``: Keras 3 does not keep the
+    backbone call's ``training=False`` under fit, but a BatchNormalization layer that
+    is not trainable always runs in inference mode.
 
     Returns the number of backbone layers left trainable.
     """

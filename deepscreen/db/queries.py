@@ -65,7 +65,7 @@ def register_images(
         # One object (an event, a submission): a statement SQLAlchemy compiles once
         # per process. Its dialect-specific ON CONFLICT construct has no cache key,
         # so it would be compiled again on every call (about 0.25 ms of CPU).
-        return list(connection.execute(_register_one(), chunk[0]).scalars())
+        return list(connection.execute(_register_one(tuple(chunk[0])), chunk[0]).scalars())
     # Core execution with the rows as parameters ("insertmanyvalues"), not the ORM's
     # bulk-insert path: one compilation per call for a scan's many rows.
     stmt = (
@@ -81,36 +81,22 @@ def register_images(
 
 
 @functools.cache
-def _register_one() -> TextualSelect:
+def _register_one(columns: tuple[str, ...]) -> TextualSelect:
     """``INSERT ... ON CONFLICT (bucket, key, etag) DO NOTHING RETURNING id`` for one
-    row, as text with typed parameters (enums by value, UTC datetimes): the same SQL on
-    PostgreSQL and SQLite, and cacheable, unlike the dialects' insert constructs."""
+    row of ``columns`` (`_unique_rows`' keys), as text with typed parameters (enums by
+    value, UTC datetimes): the same SQL on PostgreSQL and SQLite, and cacheable, unlike
+    the dialects' insert constructs."""
     table = Image.__table__
-    names = ", ".join(f'"{name}"' for name in _REGISTER_COLUMNS)
-    values = ", ".join(f":{name}" for name in _REGISTER_COLUMNS)
+    names = ", ".join(f'"{name}"' for name in columns)
+    values = ", ".join(f":{name}" for name in columns)
     return (
         text(
             f"INSERT INTO {Image.__tablename__} ({names}) VALUES ({values}) "
             'ON CONFLICT ("bucket", "key", "etag") DO NOTHING RETURNING "id"'
         )
-        .bindparams(*(bindparam(name, type_=table.c[name].type) for name in _REGISTER_COLUMNS))
+        .bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))
         .columns(table.c.id)
     )
-
-
-#: The columns `register_images` sets: `_unique_rows`' keys.
-_REGISTER_COLUMNS = (
-    "bucket",
-    "key",
-    "etag",
-    "size",
-    "status",
-    "source",
-    "attempts",
-    "created_at",
-    "updated_at",
-    "queued_at",
-)
 
 
 def _unique_rows(
