@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from deepscreen.config import Settings
 from deepscreen.db.models import Image, Prediction
 from deepscreen.db.moderation import ReviewReason, ReviewState, Verdict
-from deepscreen.db.queries import dialect_insert
+from deepscreen.db.queries import insert_ignore
 
 #: The model label of an image in which the face stage found no face: the same string
 #: as `deepscreen.inference.NO_FACE`, here so the dashboard reads it without importing
@@ -132,15 +132,16 @@ def record_verdicts(
             }
         )
     if new:
-        insert = dialect_insert(session)
         # A concurrent redelivery may have written the same verdict: keep the first.
-        stmt = (
-            insert(Verdict)
-            .values(new)
-            .on_conflict_do_nothing(index_elements=["image_id"])
-            .returning(Verdict.image_id)
+        written.extend(
+            insert_ignore(
+                session=session,
+                model=Verdict,
+                rows=new,
+                conflict=("image_id",),
+                returning="image_id",
+            )
         )
-        written.extend(session.scalars(stmt))
     return sorted(written)
 
 

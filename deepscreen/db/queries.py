@@ -13,7 +13,7 @@ from sqlalchemy import TextualSelect, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from deepscreen.db.base import utcnow
+from deepscreen.db.base import Base, utcnow
 from deepscreen.db.models import (
     Image,
     ImageSource,
@@ -65,7 +65,13 @@ def register_images(
         # One object (an event, a submission): a statement SQLAlchemy compiles once
         # per process. Its dialect-specific ON CONFLICT construct has no cache key,
         # so it would be compiled again on every call (about 0.25 ms of CPU).
-        return list(connection.execute(_register_one(tuple(chunk[0])), chunk[0]).scalars())
+        return insert_ignore(
+            session=session,
+            model=Image,
+            rows=chunk,
+            conflict=("bucket", "key", "etag"),
+            returning="id",
+        )
     # Core execution with the rows as parameters ("insertmanyvalues"), not the ORM's
     # bulk-insert path: one compilation per call for a scan's many rows.
     stmt = (
@@ -80,23 +86,45 @@ def register_images(
     return sorted(new_ids)
 
 
-@functools.cache
-def _register_one(columns: tuple[str, ...]) -> TextualSelect:
-    """``INSERT ... ON CONFLICT (bucket, key, etag) DO NOTHING RETURNING id`` for one
-    row of ``columns`` (`_unique_rows`' keys), as text with typed parameters (enums by
-    value, UTC datetimes): the same SQL on PostgreSQL and SQLite, and cacheable, unlike
-    the dialects' insert constructs."""
-    table = Image.__table__
+@functools.lru_cache(maxsize=128)
+def insert_ignore_statement(
+    model: type[Base],
+    columns: tuple[str, ...],
+    rows: int,
+    conflict: tuple[str, ...],
+    returning: str,
+) -> TextualSelect:
+    """``INSERT INTO <model's table> (columns) VALUES (...), ... (``rows`` rows)
+    ON CONFLICT (conflict) DO NOTHING RETURNING returning``, as text with typed
+    parameters (enums by value, UTC datetimes, JSON; row ``i``'s value of column ``c``
+    is parameter ``c__i``, see `rows_as_params`): the same SQL on PostgreSQL and SQLite.
+
+    Built once per process for each shape, and cacheable, unlike the dialects' insert
+    constructs: their ON CONFLICT clause has no cache key, so SQLAlchemy compiled them
+    again on every call, a multi-row ``values()`` one with all its parameters (a few
+    milliseconds of CPU per classify batch for its predictions and verdicts)."""
+    table = model.__table__
     names = ", ".join(f'"{name}"' for name in columns)
-    values = ", ".join(f":{name}" for name in columns)
+    values = ", ".join(
+        "(" + ", ".join(f":{name}__{i}" for name in columns) + ")" for i in range(rows)
+    )
+    targets = ", ".join(f'"{name}"' for name in conflict)
+    params = [
+        bindparam(f"{name}__{i}", type_=table.c[name].type) for i in range(rows) for name in columns
+    ]
     return (
         text(
-            f"INSERT INTO {Image.__tablename__} ({names}) VALUES ({values}) "
-            'ON CONFLICT ("bucket", "key", "etag") DO NOTHING RETURNING "id"'
+            f"INSERT INTO {model.__tablename__} ({names}) VALUES {values} "
+            f'ON CONFLICT ({targets}) DO NOTHING RETURNING "{returning}"'
         )
-        .bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))
-        .columns(table.c.id)
+        .bindparams(*params)
+        .columns(table.c[returning])
     )
+
+
+def rows_as_params(rows: Sequence[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:
+    """The parameters of `insert_ignore_statement` for ``rows``."""
+    return {f"{name}__{i}": row[name] for i, row in enumerate(rows) for name in columns}
 
 
 def _unique_rows(
@@ -262,22 +290,46 @@ def predicted_image_ids(*, session: Session, ids: Iterable[int], model_version_i
 
 
 def add_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert predictions (dicts of `Prediction` columns), ignoring any that exist.
+    """Insert predictions (dicts of `Prediction` columns, all with the same keys),
+    ignoring any that exist.
 
     Unique (image, model version) plus ``ON CONFLICT DO NOTHING`` makes a redelivered
     or concurrently run batch harmless. Returns how many rows were inserted.
     """
-    insert = dialect_insert(session)
-    inserted = 0
-    for start in range(0, len(rows), INSERT_CHUNK):
-        stmt = (
-            insert(Prediction)
-            .values(list(rows[start : start + INSERT_CHUNK]))
-            .on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
-            .returning(Prediction.id)
+    return len(
+        insert_ignore(
+            session=session,
+            model=Prediction,
+            rows=rows,
+            conflict=("image_id", "model_version_id"),
+            returning="id",
         )
-        inserted += len(session.execute(stmt).all())
-    return inserted
+    )
+
+
+def insert_ignore(
+    *,
+    session: Session,
+    model: type[Base],
+    rows: Sequence[dict[str, Any]],
+    conflict: tuple[str, ...],
+    returning: str,
+) -> list[Any]:
+    """Insert ``rows`` (dicts with the same keys) into ``model``'s table, skipping those
+    that conflict on ``conflict``; returns the ``returning`` column of the inserted rows.
+
+    One statement per `INSERT_CHUNK` rows, from `insert_ignore_statement`: compiled
+    once per process for each number of rows, not on every call."""
+    if not rows:
+        return []
+    columns = tuple(rows[0])
+    connection = session.connection()
+    out: list[Any] = []
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        stmt = insert_ignore_statement(model, columns, len(chunk), conflict, returning)
+        out.extend(connection.execute(stmt, rows_as_params(chunk, columns)).scalars())
+    return out
 
 
 def find_stale_images(
