@@ -563,6 +563,16 @@ class Settings:
             minimum=0,
         ),
     )
+    retrain_interpolate: float = field(
+        default=0.8,
+        metadata=_var(
+            "RETRAIN_INTERPOLATE",
+            "In `adapt` mode, the share (0-1) of the adapted weights when they are "
+            "averaged with the active model's (`deepscreen adapt --interpolate`): lower "
+            "keeps more of what the active model knew, 1 keeps the adapted weights as trained.",
+            minimum=0,
+        ),
+    )
     retrain_hparams: tuple[str, ...] = field(
         default=(),
         metadata=_var(
@@ -647,10 +657,9 @@ class Settings:
                 f"{_env_name('webhook_retry_schedule')}={self.webhook_retry_schedule!r} "
                 "must be positive numbers of seconds"
             )
-        if self.review_audit_rate > 1:
-            raise ConfigError(
-                f"{_env_name('review_audit_rate')}={self.review_audit_rate} must be at most 1"
-            )
+        for share in ("review_audit_rate", "retrain_interpolate"):
+            if getattr(self, share) > 1:
+                raise ConfigError(f"{_env_name(share)}={getattr(self, share)} must be at most 1")
         bad_buckets = [b for b in self.events_buckets if not is_s3_bucket_name(b)]
         if bad_buckets:
             raise ConfigError(

@@ -103,6 +103,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_RETRAIN_FROM": "imagenet",
         "DEEPSCREEN_RETRAIN_MODE": "full",
         "DEEPSCREEN_RETRAIN_CORRECTION_WEIGHT": "3",
+        "DEEPSCREEN_RETRAIN_INTERPOLATE": "0.5",
         "DEEPSCREEN_RETRAIN_HPARAMS": "head_epochs=1,fine_tune_epochs=1",
         "DEEPSCREEN_RETRAIN_INTERVAL": "86400",
         "DEEPSCREEN_RETRAIN_MIN_CORRECTIONS": "20",
@@ -156,11 +157,13 @@ def test_booleans_are_read_in_the_usual_spellings(raw: str, value: bool) -> None
     assert Settings.from_env({"DEEPSCREEN_COOKIE_SECURE": raw}).cookie_secure is value
 
 
-def test_a_malformed_boolean_or_an_audit_rate_above_one_is_refused() -> None:
+def test_a_malformed_boolean_or_a_share_above_one_is_refused() -> None:
     with pytest.raises(ConfigError, match="DEEPSCREEN_REVIEW_FAKES='maybe'"):
         Settings.from_env({"DEEPSCREEN_REVIEW_FAKES": "maybe"})
     with pytest.raises(ConfigError, match="DEEPSCREEN_REVIEW_AUDIT_RATE=1.5 must be at most 1"):
         Settings(review_audit_rate=1.5)
+    with pytest.raises(ConfigError, match="DEEPSCREEN_RETRAIN_INTERPOLATE=1.2 must be at most 1"):
+        Settings.from_env({"DEEPSCREEN_RETRAIN_INTERPOLATE": "1.2"})
 
 
 def test_settings_are_frozen() -> None:

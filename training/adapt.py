@@ -26,7 +26,8 @@ from deepscreen.inference import CARD_FILE, Classifier
 from training.data import Sample, read_manifest, read_source, split_samples
 from training.export import WEIGHTS_FILE, export
 from training.hparams import HParams
-from training.train import TrainingResult, train_samples
+from training.model import build_model
+from training.train import TrainingResult, predict, train_samples
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class AdaptOptions:
     #: Fine-tuning epochs (early stopping on validation ROC-AUC, best weights kept).
     epochs: int = 6
     learning_rate: float = 1e-4
-    #: First backbone layer trained: the upper blocks, where generator traces live.
-    fine_tune_from: str = "block_8_expand"
+    #: First backbone layer trained: from block 4 up, as in full training, so that the
+    #: low-level filters where a generator's pixel traces show can move too.
+    fine_tune_from: str = "block_4_expand"
     #: Keep BatchNorm in inference mode with the parent's statistics: a few hundred
     #: images cannot then shift what every base source's features are normalised by.
     freeze_batchnorm: bool = False
@@ -57,6 +59,10 @@ class AdaptOptions:
     replay_min: int = 1200
     #: Share of the corrections held out for validation (by a hash of the file name).
     holdout: float = 0.2
+    #: Share of the adapted weights when they are averaged with the parent's (1.0: as
+    #: trained). Averaging keeps more of what the parent knew at little cost to what
+    #: the corrections taught (weight-space ensembling, Wortsman et al., CVPR 2022).
+    interpolate: float = 0.8
     seed: int = 1337
 
 
@@ -122,7 +128,9 @@ def adaptation_samples(
     corrections for validation; every sample's split set explicitly."""
     splits = split_samples(base, hp.val_fraction, hp.seed)
     n_replay = max(opts.replay_min, opts.replay_per_correction * len(fixes))
-    replay = [replace(s, split="train") for s in replay_sample(splits["train"], n_replay, opts.seed)]
+    replay = [
+        replace(s, split="train") for s in replay_sample(splits["train"], n_replay, opts.seed)
+    ]
     valid = [replace(s, split="valid") for s in splits["valid"]]
     ordered = sorted(fixes, key=lambda s: _stable(opts.seed, s))
     n_hold = int(len(ordered) * opts.holdout) if len(ordered) >= 10 else 0
@@ -182,17 +190,40 @@ def train_adapted(
     samples = adaptation_samples(base, fixes, hp, opts)
     n_replay = sum(1 for s in samples if s.source != CORRECTIONS and s.split == "train")
     result = train_samples(samples, hp, work_dir, initial_weights=weights, settings=settings)
+    if opts.interpolate < 1.0:
+        interpolate_with(result, weights, opts.interpolate)
     info = {
         "adapted_from": parent.version,
         "parent_name": parent.card.get("name"),
         "corrections": len(fixes),
-        "corrections_trained": sum(1 for s in samples if s.source == CORRECTIONS and s.split == "train"),
-        "corrections_held_out": sum(1 for s in samples if s.source == CORRECTIONS and s.split == "valid"),
+        "corrections_trained": sum(
+            1 for s in samples if s.source == CORRECTIONS and s.split == "train"
+        ),
+        "corrections_held_out": sum(
+            1 for s in samples if s.source == CORRECTIONS and s.split == "valid"
+        ),
         "correction_weight": opts.correction_weight,
         "replay_images": n_replay,
         "options": opts.__dict__,
     }
     return result, hp, info
+
+
+def interpolate_with(result: TrainingResult, parent_weights_file: Path, share: float) -> None:
+    """Average ``result``'s model with the parent's weights (``share`` of the adapted
+    ones), in place, and re-score its validation split."""
+    from sklearn.metrics import roc_auc_score
+
+    parent = build_model(result.hp, weights="none")
+    parent.load_weights(parent_weights_file)
+    result.model.set_weights(
+        [
+            share * a + (1 - share) * p
+            for a, p in zip(result.model.get_weights(), parent.get_weights(), strict=True)
+        ]
+    )
+    result.val_scores = predict(result.model, result.valid.pixels, result.hp.batch_size)
+    result.val_auc = float(roc_auc_score(result.valid.labels, result.val_scores))
 
 
 def base_specs(card: dict[str, Any], given: list[str] | None) -> list[str]:
@@ -240,9 +271,7 @@ def adapt(
             overrides=overrides,
             settings=settings,
         )
-    unreadable = [
-        (str(path), reason) for path, reason in result.train.failed + result.valid.failed
-    ]
+    unreadable = [(str(path), reason) for path, reason in result.train.failed + result.valid.failed]
     info.update(
         corrections_file=str(corrections_csv),
         corrections_sha256=hashlib.sha256(corrections_csv.read_bytes()).hexdigest(),
@@ -252,7 +281,9 @@ def adapt(
         val_auc_keras=result.val_auc,
         history=result.history,
     )
-    out = export(result.model, result.valid, hp, out_dir, sources=result.sources, training_info=info)
+    out = export(
+        result.model, result.valid, hp, out_dir, sources=result.sources, training_info=info
+    )
     out["training"]["total_wall_time_s"] = round(time.monotonic() - started, 1)
     (out_dir / CARD_FILE).write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -124,6 +124,9 @@ def register_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default 6)")
     p.add_argument("--correction-weight", type=float, help="weight of each correction (default 8)")
+    p.add_argument("--interpolate", type=float, metavar="SHARE",
+                   help="average the adapted weights with the parent's, SHARE of the adapted "
+                   "ones (default 0.8; 1 keeps them as trained, lower keeps more of the parent)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one hyperparameter of the parent's recipe")
     p.set_defaults(func=run_adapt)
@@ -142,6 +145,11 @@ def run_adapt(args: argparse.Namespace) -> int:
         opts = replace(opts, epochs=args.epochs)
     if args.correction_weight is not None:
         opts = replace(opts, correction_weight=args.correction_weight)
+    if args.interpolate is not None:
+        if not 0.0 <= args.interpolate <= 1.0:
+            print("deepscreen adapt: --interpolate must be between 0 and 1", file=sys.stderr)
+            return 2
+        opts = replace(opts, interpolate=args.interpolate)
     try:
         card = adapt(
             args.parent,

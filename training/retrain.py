@@ -267,7 +267,11 @@ def _train_and_gate(
         info: dict[str, Any] = {"retraining_run": run_id, "initial_weights": init_doc}
         if mode == "adapt":
             assert active_dir is not None
-            opts = replace(AdaptOptions(), correction_weight=settings.retrain_correction_weight)
+            opts = replace(
+                AdaptOptions(),
+                correction_weight=settings.retrain_correction_weight,
+                interpolate=settings.retrain_interpolate,
+            )
             result, hp, adapted = train_adapted(
                 active_dir,
                 fixes,

@@ -122,6 +122,10 @@ def test_flags_retrain_promote_serve_and_roll_back(
         retrain_weights="none",
         retrain_from="active",
         retrain_mode="adapt",
+        # The tiny model learns the new kind from scratch in a few epochs; averaging its
+        # weights back towards the parent's (the default, 0.8) leaves it at about 0.71
+        # accuracy on the stamped images, under this test's 0.75 (measured once).
+        retrain_interpolate=1.0,
         retrain_hparams=RECIPE,
         retrain_auto_promote=False,
         secret_key="loop-test-secret-" + "x" * 32,
@@ -145,6 +149,7 @@ def test_flags_retrain_promote_serve_and_roll_back(
         "DEEPSCREEN_RETRAIN_WEIGHTS": "none",
         "DEEPSCREEN_RETRAIN_FROM": "active",
         "DEEPSCREEN_RETRAIN_MODE": "adapt",
+        "DEEPSCREEN_RETRAIN_INTERPOLATE": str(settings.retrain_interpolate),
         "DEEPSCREEN_RETRAIN_HPARAMS": ",".join(RECIPE),
         "DEEPSCREEN_RETRAIN_AUTO_PROMOTE": "false",
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,3 +141,55 @@ def test_adapt_refuses_a_model_without_weights(
     rc = main(["adapt", "--from", str(bare), "--corrections", str(flags), "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "has no Keras weights" in capsys.readouterr().err
+
+
+def _parent(base_model: Path) -> Any:
+    from training.adapt import parent_hparams
+    from training.model import build_model
+
+    hp = parent_hparams(json.loads((base_model / "model_card.json").read_text()))
+    model = build_model(hp, weights="none")
+    model.load_weights(base_model / "model.weights.h5")
+    return model
+
+
+def test_interpolating_with_no_share_of_the_adapted_weights_gives_the_parent_back(
+    base_model: Path, new_kind: dict[str, list[Path]], synthetic_tree: Path, tmp_path: Path
+) -> None:
+    from training.adapt import AdaptOptions, train_adapted
+    from training.train import predict
+
+    rows = [(str(p), "fake") for p in new_kind["flag_fakes"][:10]]
+    rows += [(str(p), "real") for p in new_kind["flag_reals"][:10]]
+    fixes = read_corrections(_manifest(tmp_path / "c.csv", rows))
+    parent = _parent(base_model)
+    overrides = {"fine_tune_from": 0, "fine_tune_learning_rate": 0.002}
+    runs = {}
+    for share in (1.0, 0.0):
+        opts = AdaptOptions(epochs=2, interpolate=share, replay_min=60)
+        result, _, _ = train_adapted(
+            base_model,
+            fixes,
+            read_tree(synthetic_tree),
+            tmp_path / f"w{share}",
+            opts=opts,
+            overrides=overrides,
+        )
+        runs[share] = result
+    # The adapted weights moved, and with share 0 the parent's weights (and scores) are back
+    pixels = runs[0.0].valid.pixels
+    assert np.max(np.abs(predict(runs[1.0].model, pixels) - predict(parent, pixels))) > 1e-3
+    for got, want in zip(runs[0.0].model.get_weights(), parent.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(runs[0.0].val_scores, predict(parent, pixels), atol=1e-5)
+
+
+def test_adapt_refuses_an_interpolation_share_outside_0_to_1(
+    base_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = _manifest(tmp_path / "c.csv", [(str(tmp_path / "x.png"), "fake")])
+    args = ["adapt", "--from", str(base_model), "--corrections", str(flags)]
+    rc = main([*args, "--out", str(tmp_path / "o"), "--interpolate", "1.5"])
+    assert rc == 2
+    assert "--interpolate must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
