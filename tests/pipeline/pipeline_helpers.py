@@ -50,6 +50,11 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # Tests started in the background (nohup, `cmd &`) have SIGINT ignored, which
+            # children inherit, and Python then installs no Ctrl-C handler in them:
+            # handled here, it is reset to the default at exec.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "deepscreen.cli", *args],
