@@ -26,7 +26,6 @@ from deepscreen.inference import CARD_FILE, Classifier
 from training.data import Sample, read_manifest, read_source, split_samples
 from training.export import WEIGHTS_FILE, export
 from training.hparams import HParams
-from training.model import build_model
 from training.train import TrainingResult, predict, train_samples
 
 log = logging.getLogger(__name__)
@@ -214,13 +213,11 @@ def interpolate_with(result: TrainingResult, parent_weights_file: Path, share: f
     ones), in place, and re-score its validation split."""
     from sklearn.metrics import roc_auc_score
 
-    parent = build_model(result.hp, weights="none")
-    parent.load_weights(parent_weights_file)
+    adapted = result.model.get_weights()
+    result.model.load_weights(parent_weights_file)
+    parent = result.model.get_weights()
     result.model.set_weights(
-        [
-            share * a + (1 - share) * p
-            for a, p in zip(result.model.get_weights(), parent.get_weights(), strict=True)
-        ]
+        [share * a + (1 - share) * p for a, p in zip(adapted, parent, strict=True)]
     )
     result.val_scores = predict(result.model, result.valid.pixels, result.hp.batch_size)
     result.val_auc = float(roc_auc_score(result.valid.labels, result.val_scores))

@@ -62,9 +62,7 @@ def register_images(
     chunk = list(islice(rows, INSERT_CHUNK))
     connection = session.connection()
     if len(chunk) == 1:
-        # One object (an event, a submission): a statement SQLAlchemy compiles once
-        # per process. Its dialect-specific ON CONFLICT construct has no cache key,
-        # so it would be compiled again on every call (about 0.25 ms of CPU).
+        # One object (an event, a submission): a cached statement (`insert_ignore`).
         return insert_ignore(
             session=session,
             model=Image,
@@ -87,7 +85,7 @@ def register_images(
 
 
 @functools.lru_cache(maxsize=128)
-def insert_ignore_statement(
+def _insert_ignore_statement(
     model: type[Base],
     columns: tuple[str, ...],
     rows: int,
@@ -97,7 +95,7 @@ def insert_ignore_statement(
     """``INSERT INTO <model's table> (columns) VALUES (...), ... (``rows`` rows)
     ON CONFLICT (conflict) DO NOTHING RETURNING returning``, as text with typed
     parameters (enums by value, UTC datetimes, JSON; row ``i``'s value of column ``c``
-    is parameter ``c__i``, see `rows_as_params`): the same SQL on PostgreSQL and SQLite.
+    is parameter ``c__i``, see `_rows_as_params`): the same SQL on PostgreSQL and SQLite.
 
     Built once per process for each shape, and cacheable, unlike the dialects' insert
     constructs: their ON CONFLICT clause has no cache key, so SQLAlchemy compiled them
@@ -122,8 +120,8 @@ def insert_ignore_statement(
     )
 
 
-def rows_as_params(rows: Sequence[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:
-    """The parameters of `insert_ignore_statement` for ``rows``."""
+def _rows_as_params(rows: Sequence[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:
+    """The parameters of `_insert_ignore_statement` for ``rows``."""
     return {f"{name}__{i}": row[name] for i, row in enumerate(rows) for name in columns}
 
 
@@ -318,7 +316,7 @@ def insert_ignore(
     """Insert ``rows`` (dicts with the same keys) into ``model``'s table, skipping those
     that conflict on ``conflict``; returns the ``returning`` column of the inserted rows.
 
-    One statement per `INSERT_CHUNK` rows, from `insert_ignore_statement`: compiled
+    One statement per `INSERT_CHUNK` rows, from `_insert_ignore_statement`: compiled
     once per process for each number of rows, not on every call."""
     if not rows:
         return []
@@ -327,8 +325,8 @@ def insert_ignore(
     out: list[Any] = []
     for start in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[start : start + INSERT_CHUNK]
-        stmt = insert_ignore_statement(model, columns, len(chunk), conflict, returning)
-        out.extend(connection.execute(stmt, rows_as_params(chunk, columns)).scalars())
+        stmt = _insert_ignore_statement(model, columns, len(chunk), conflict, returning)
+        out.extend(connection.execute(stmt, _rows_as_params(chunk, columns)).scalars())
     return out
 
 

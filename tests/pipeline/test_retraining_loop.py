@@ -124,7 +124,7 @@ def test_flags_retrain_promote_serve_and_roll_back(
         retrain_mode="adapt",
         # The tiny model learns the new kind from scratch in a few epochs; averaging its
         # weights back towards the parent's (the default, 0.8) leaves it at about 0.71
-        # accuracy on the stamped images, under this test's 0.75 (measured once).
+        # accuracy on the stamped images, under this test's 0.75 (in two runs).
         retrain_interpolate=1.0,
         retrain_hparams=RECIPE,
         retrain_auto_promote=False,

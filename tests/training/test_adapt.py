@@ -163,7 +163,9 @@ def test_interpolating_with_no_share_of_the_adapted_weights_gives_the_parent_bac
     rows += [(str(p), "real") for p in new_kind["flag_reals"][:10]]
     fixes = read_corrections(_manifest(tmp_path / "c.csv", rows))
     parent = _parent(base_model)
-    overrides = {"fine_tune_from": 0, "fine_tune_learning_rate": 0.002}
+    # Two quick epochs may leave the adapted model under the tiny recipe's quality
+    # gate (seen once: 0.864 < 0.9); the weights, not the gate, are under test here.
+    overrides = {"fine_tune_from": 0, "fine_tune_learning_rate": 0.002, "min_val_auc": 0.0}
     runs = {}
     for share in (1.0, 0.0):
         opts = AdaptOptions(epochs=2, interpolate=share, replay_min=60)
