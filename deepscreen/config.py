@@ -559,7 +559,17 @@ class Settings:
         default=2.0,
         metadata=_var(
             "RETRAIN_CORRECTION_WEIGHT",
-            "Sample weight of each moderator correction relative to a base image.",
+            "In `full` mode, the sample weight of each moderator correction relative to "
+            "a base image.",
+            minimum=0,
+        ),
+    )
+    retrain_adapt_correction_weight: float = field(
+        default=12.0,
+        metadata=_var(
+            "RETRAIN_ADAPT_CORRECTION_WEIGHT",
+            "In `adapt` mode, how many average base images of its class each moderator "
+            "correction counts as (`deepscreen adapt --correction-weight`).",
             minimum=0,
         ),
     )

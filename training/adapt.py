@@ -52,7 +52,11 @@ class AdaptOptions:
     #: images cannot then shift what every base source's features are normalised by.
     freeze_batchnorm: bool = False
     #: Each correction counts this many times an average base image of its class.
-    correction_weight: float = 8.0
+    correction_weight: float = 12.0
+    #: Each trained correction appears this many times per epoch, each copy with
+    #: ``correction_weight / correction_repeat``: the same total weight, spread over
+    #: more steps and differently augmented copies.
+    correction_repeat: int = 1
     #: Base images replayed: this many per correction, at least ``replay_min``.
     replay_per_correction: int = 6
     replay_min: int = 1200
@@ -134,7 +138,10 @@ def adaptation_samples(
     ordered = sorted(fixes, key=lambda s: _stable(opts.seed, s))
     n_hold = int(len(ordered) * opts.holdout) if len(ordered) >= 10 else 0
     held = [replace(s, split="valid", weight=None) for s in ordered[:n_hold]]
-    trained = [replace(s, split="train", weight=opts.correction_weight) for s in ordered[n_hold:]]
+    repeat = max(1, opts.correction_repeat)
+    trained = [
+        replace(s, split="train", weight=opts.correction_weight / repeat) for s in ordered[n_hold:]
+    ] * repeat
     return replay + trained + valid + held
 
 
@@ -197,7 +204,8 @@ def train_adapted(
         "corrections": len(fixes),
         "corrections_trained": sum(
             1 for s in samples if s.source == CORRECTIONS and s.split == "train"
-        ),
+        )
+        // max(1, opts.correction_repeat),
         "corrections_held_out": sum(
             1 for s in samples if s.source == CORRECTIONS and s.split == "valid"
         ),

@@ -123,7 +123,7 @@ def register_adapt(subparsers: argparse._SubParsersAction) -> None:
                    help="base data to replay (default: the data in the parent's card, if present)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default 6)")
-    p.add_argument("--correction-weight", type=float, help="weight of each correction (default 8)")
+    p.add_argument("--correction-weight", type=float, help="weight of each correction (default 12)")
     p.add_argument("--interpolate", type=float, metavar="SHARE",
                    help="average the adapted weights with the parent's, SHARE of the adapted "
                    "ones (default 0.8; 1 keeps them as trained, lower keeps more of the parent)")
