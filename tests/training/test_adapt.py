@@ -100,6 +100,9 @@ def test_adapt_learns_a_new_kind_of_fake_and_passes_the_gate(
             "adapt", "--from", str(base_model), "--corrections", str(flags),
             "--data", f"tree:{synthetic_tree}", "--out", str(out), "--epochs", "12",
             "--set", "fine_tune_from=0", "--set", "fine_tune_learning_rate=0.002",
+            # The tiny model's golden set is 1.0 ROC-AUC; at the default weight 12 the
+            # 80 flags moved it to 0.947 once in three runs (gate tolerance 0.02).
+            "--correction-weight", "8",
         ]
     )
     printed = capsys.readouterr().out
