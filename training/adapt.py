@@ -195,6 +195,7 @@ def train_adapted(
         raise AdaptError(f"{parent_dir}: the card's hyperparameters do not match its model")
     samples = adaptation_samples(base, fixes, hp, opts)
     n_replay = sum(1 for s in samples if s.source != CORRECTIONS and s.split == "train")
+    n_held = sum(1 for s in samples if s.source == CORRECTIONS and s.split == "valid")
     result = train_samples(samples, hp, work_dir, initial_weights=weights, settings=settings)
     if opts.interpolate < 1.0:
         interpolate_with(result, weights, opts.interpolate)
@@ -202,13 +203,9 @@ def train_adapted(
         "adapted_from": parent.version,
         "parent_name": parent.card.get("name"),
         "corrections": len(fixes),
-        "corrections_trained": sum(
-            1 for s in samples if s.source == CORRECTIONS and s.split == "train"
-        )
-        // max(1, opts.correction_repeat),
-        "corrections_held_out": sum(
-            1 for s in samples if s.source == CORRECTIONS and s.split == "valid"
-        ),
+        # Every correction is trained (in correction_repeat copies) or held out.
+        "corrections_trained": len(fixes) - n_held,
+        "corrections_held_out": n_held,
         "correction_weight": opts.correction_weight,
         "replay_images": n_replay,
         "options": opts.__dict__,

@@ -250,6 +250,11 @@ def _train_and_gate(
         assert active_dir is not None
         hp = parent_hparams(Classifier(active_dir, num_threads=1).card)
     sets = _gate_sets(settings, base, fixes, hp)
+    correction_weight = (
+        settings.retrain_adapt_correction_weight
+        if mode == "adapt"
+        else settings.retrain_correction_weight
+    )
     report: dict[str, Any] = {
         "run_id": run_id,
         "training": {
@@ -258,11 +263,7 @@ def _train_and_gate(
             "base": list(settings.retrain_data),
             "base_samples": len(base),
             "corrections": len(fixes),
-            "correction_weight": (
-                settings.retrain_adapt_correction_weight
-                if mode == "adapt"
-                else settings.retrain_correction_weight
-            ),
+            "correction_weight": correction_weight,
             "initial_weights": init_doc,
             "hparams": list(settings.retrain_hparams),
         },
@@ -273,7 +274,7 @@ def _train_and_gate(
             assert active_dir is not None
             opts = replace(
                 AdaptOptions(),
-                correction_weight=settings.retrain_adapt_correction_weight,
+                correction_weight=correction_weight,
                 interpolate=settings.retrain_interpolate,
             )
             result, hp, adapted = train_adapted(
