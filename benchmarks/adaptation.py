@@ -38,6 +38,7 @@ from common import REPO_ROOT
 from deepscreen.config import Settings
 from deepscreen.inference import Classifier
 from training.adapt import AdaptOptions, parent_hparams, train_adapted
+from training.allocator import restart_on_tcmalloc
 from training.data import read_source, split_samples
 from training.evaluate import score_through_serving
 from training.export import export
@@ -168,4 +169,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_on_tcmalloc(Settings.from_env().training_allocator)
     sys.exit(main())

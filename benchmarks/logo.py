@@ -35,6 +35,8 @@ import numpy as np
 from common import REPO_ROOT
 from sklearn.metrics import roc_auc_score
 
+from deepscreen.config import Settings
+from training.allocator import restart_on_tcmalloc
 from training.data import Sample, load_pixels, read_source
 from training.evaluate import FAKE_FAMILY_NAMES, fpr_per_real_source, threshold_for_sources
 from training.export import export
@@ -160,4 +162,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_on_tcmalloc(Settings.from_env().training_allocator)
     sys.exit(main())

@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Commands that may restart their process (training's allocator) do so only when
+    # they run as the process's own command line, not when called in-process.
+    args.command_line = argv is None
     return int(args.func(args) or 0)
 
 

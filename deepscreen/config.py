@@ -555,6 +555,17 @@ class Settings:
             choices=("adapt", "full"),
         ),
     )
+    training_allocator: str = field(
+        default="tcmalloc",
+        metadata=_var(
+            "TRAINING_ALLOCATOR",
+            "Memory allocator of the TensorFlow commands (`train`, `adapt`, `export`, "
+            "`retrain`, `training-worker`): `tcmalloc` restarts the command once with "
+            "Debian's `libtcmalloc-minimal4` preloaded when it is installed (a third less "
+            "training time measured on 2 cores), `system` keeps glibc's malloc.",
+            choices=("tcmalloc", "system"),
+        ),
+    )
     retrain_correction_weight: float = field(
         default=2.0,
         metadata=_var(

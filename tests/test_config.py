@@ -105,6 +105,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_RETRAIN_CORRECTION_WEIGHT": "3",
         "DEEPSCREEN_RETRAIN_ADAPT_CORRECTION_WEIGHT": "9",
         "DEEPSCREEN_RETRAIN_INTERPOLATE": "0.5",
+        "DEEPSCREEN_TRAINING_ALLOCATOR": "system",
         "DEEPSCREEN_RETRAIN_HPARAMS": "head_epochs=1,fine_tune_epochs=1",
         "DEEPSCREEN_RETRAIN_INTERVAL": "86400",
         "DEEPSCREEN_RETRAIN_MIN_CORRECTIONS": "20",

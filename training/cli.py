@@ -44,6 +44,22 @@ def _hparams(args: argparse.Namespace):
         raise SystemExit(f"deepscreen: bad hyperparameters: {exc}") from None
 
 
+def _restart_on_tcmalloc(args: argparse.Namespace) -> None:
+    """Restart a TensorFlow command on tcmalloc (`training.allocator`) when it runs as
+    the process's own command line; in-process calls (tests) stay as they are."""
+    if not getattr(args, "command_line", False):
+        return
+    from deepscreen.config import Settings
+    from deepscreen.errors import ConfigError
+    from training.allocator import restart_on_tcmalloc
+
+    try:
+        choice = Settings.from_env().training_allocator
+    except ConfigError as exc:
+        raise SystemExit(f"deepscreen: {exc}") from None
+    restart_on_tcmalloc(choice)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True, metavar="SOURCE", help=DATA_HELP)
     p.add_argument(
@@ -69,6 +85,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    _restart_on_tcmalloc(args)
     import time
 
     from training.export import export
@@ -133,6 +150,7 @@ def register_adapt(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    _restart_on_tcmalloc(args)
     from dataclasses import replace
 
     from deepscreen.config import Settings
@@ -255,6 +273,7 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    _restart_on_tcmalloc(args)
     import keras
 
     from training.data import load_pixels, read_source, split_samples
@@ -303,6 +322,7 @@ def register_retrain(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    _restart_on_tcmalloc(args)
     from deepscreen.config import Settings
     from deepscreen.db.retraining import RunStatus
     from training.retrain import retrain
@@ -351,6 +371,7 @@ def training_worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run_training_worker(args: argparse.Namespace) -> int:
+    _restart_on_tcmalloc(args)
     from deepscreen.config import Settings
     from deepscreen.db.session import make_engine, make_session_factory
     from deepscreen.retraining import fail_interrupted_runs
@@ -370,7 +391,14 @@ def _machine() -> dict[str, Any]:
     import os
     import platform
 
-    return {"cpus": os.cpu_count(), "processor": platform.machine(), "system": platform.system()}
+    from training.allocator import allocator_name
+
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.machine(),
+        "system": platform.system(),
+        "allocator": allocator_name(),
+    }
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
