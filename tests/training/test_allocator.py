@@ -18,8 +18,15 @@ PROBE = (
 )
 
 
-def _probe(choice: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+@pytest.fixture
+def glibc_env() -> dict[str, str]:
+    """This environment without LD_PRELOAD, where tcmalloc is installed to restart on."""
+    if find_tcmalloc() is None:
+        unavailable(f"{LIBRARY} is not installed (apt-get install libtcmalloc-minimal4)")
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def _probe(choice: str, env: dict[str, str]) -> str:
     done = subprocess.run(
         [sys.executable, "-c", PROBE, choice],
         env=env,
@@ -46,22 +53,17 @@ def test_find_looks_in_the_given_folders(tmp_path: Path) -> None:
     assert find_tcmalloc([str(tmp_path / "*-linux-gnu")]) == tmp_path / "x86_64-linux-gnu" / LIBRARY
 
 
-def test_a_process_restarts_on_tcmalloc_unless_told_not_to() -> None:
-    if find_tcmalloc() is None:
-        unavailable(f"{LIBRARY} is not installed (apt-get install libtcmalloc-minimal4)")
+def test_a_process_restarts_on_tcmalloc_unless_told_not_to(glibc_env: dict[str, str]) -> None:
     # Given a fresh interpreter started with glibc's malloc,
     # when it asks for tcmalloc it runs on it after the restart,
-    assert _probe("tcmalloc") == "tcmalloc"
+    assert _probe("tcmalloc", glibc_env) == "tcmalloc"
     # and when the setting says `system`, it keeps glibc's malloc
-    assert _probe("system") == "system"
+    assert _probe("system", glibc_env) == "system"
 
 
 @pytest.mark.parametrize("allocator", ["tcmalloc", "system"])
-def test_the_cli_honours_the_setting(allocator: str) -> None:
-    if find_tcmalloc() is None:
-        unavailable(f"{LIBRARY} is not installed (apt-get install libtcmalloc-minimal4)")
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env["DEEPSCREEN_TRAINING_ALLOCATOR"] = allocator
+def test_the_cli_honours_the_setting(allocator: str, glibc_env: dict[str, str]) -> None:
+    env = {**glibc_env, "DEEPSCREEN_TRAINING_ALLOCATOR": allocator}
     # A training command that fails at once (no such Keras file) still restarts first
     done = subprocess.run(
         [
