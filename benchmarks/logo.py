@@ -80,7 +80,7 @@ def one_run(
         export(
             result.model,
             result.valid,
-            hp,
+            result.hp,
             keep / family,
             sources=result.sources,
             training_info={"leave_one_out": family, "train_wall_time_s": round(seconds, 1)},

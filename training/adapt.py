@@ -73,6 +73,8 @@ def parent_hparams(card: dict[str, Any]) -> HParams:
     """The hyperparameters the parent was trained with (its card), unknown keys ignored."""
     known = {f.name for f in fields(HParams)}
     recorded = {k: v for k, v in (card.get("hyperparameters") or {}).items() if k in known}
+    # Cards from before fake_classes existed describe a sigmoid output.
+    recorded.setdefault("fake_classes", 0)
     stage = card.get("face_stage")
     if isinstance(stage, dict):
         # The card's face stage is what serving uses: adapt cuts the same crops.
@@ -210,7 +212,7 @@ def train_adapted(
         "replay_images": n_replay,
         "options": opts.__dict__,
     }
-    return result, hp, info
+    return result, result.hp, info
 
 
 def interpolate_with(result: TrainingResult, parent_weights_file: Path, share: float) -> None:

@@ -111,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
         "machine": _machine(),
     }
     card = export(
-        result.model, result.valid, hp, args.out, sources=result.sources, training_info=info
+        result.model, result.valid, result.hp, args.out, sources=result.sources, training_info=info
     )
     total = time.monotonic() - started
     card["training"]["total_wall_time_s"] = round(total, 1)

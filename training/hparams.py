@@ -43,8 +43,16 @@ class HParams:
     #: BatchNorm epsilon while it adapts (Keras' MobileNetV2 uses 1e-3). Larger values cap
     #: how much near-constant channels amplify float16 weight rounding.
     batchnorm_epsilon: float = 1e-3
-    #: Dropout before the single sigmoid unit.
+    #: Dropout before the output layer.
     dropout: float = 0.3
+    #: 0: the output is one sigmoid unit trained on real/fake. N > 0: train a softmax
+    #: over "real" and up to N - 1 kinds of fake, each fake source its own class (the
+    #: model learns what tells each kind apart instead of one boundary for all); the
+    #: model's one output stays P(fake) = 1 - P(real).
+    fake_classes: int = 0
+    #: The fake sources in class order (classes 1, 2, ...), comma-separated: filled in
+    #: by training from its data and kept by adaptation, which appends new ones.
+    fake_class_names: str = ""
 
     # --- optimisation ---
     batch_size: int = 32
@@ -124,6 +132,8 @@ class HParams:
             raise ValueError("crop_min_scale must be in (0, 1]")
         if not 0 <= self.crop_probability <= 1:
             raise ValueError("crop_probability must be in [0, 1]")
+        if self.fake_classes == 1 or self.fake_classes < 0:
+            raise ValueError("fake_classes must be 0 (sigmoid) or at least 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,10 +18,13 @@ from training.hparams import HParams
 log = logging.getLogger(__name__)
 
 BACKBONE_NAME = "mobilenetv2_backbone"
+FAMILY_LAYER = "fake_family"
 
 
 def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
-    """MobileNetV2 backbone + dropout + one sigmoid unit giving P(fake).
+    """MobileNetV2 backbone + dropout + one sigmoid unit giving P(fake) (with
+    ``hp.fake_classes``, a softmax over real and each kind of fake instead, whose
+    P(fake) is 1 - P(real)).
 
     ``weights`` overrides ``hp.weights``: "imagenet" (Keras' download), "none",
     or a path to a backbone ``.weights.h5`` (offline use).
@@ -59,8 +62,36 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
                 layer.epsilon = hp.batchnorm_epsilon
         x = backbone(x)
     x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
+    if hp.fake_classes > 0:
+        return _family_model(inputs, x, hp.fake_classes)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="fake_probability", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
+
+
+def _family_model(inputs, features, classes: int) -> keras.Model:
+    """A softmax over "real" (class 0) and ``classes - 1`` kinds of fake, and
+    P(fake) = 1 - P(real) as the model's one output: a fixed, untrained sum of the
+    fake classes' probabilities, so serving, export and adaptation see the same
+    single score as with the sigmoid head. `family_head` gives the softmax to train."""
+    probs = keras.layers.Dense(
+        classes, activation="softmax", name=FAMILY_LAYER, dtype="float32"
+    )(features)
+    mask = np.ones((classes, 1), "float32")
+    mask[0] = 0.0
+    outputs = keras.layers.Dense(
+        1,
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(mask),
+        name="fake_probability",
+        dtype="float32",
+    )(probs)
+    return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
+
+
+def family_head(model: keras.Model) -> keras.Model:
+    """The softmax over real and each kind of fake of a model built with fake_classes."""
+    return keras.Model(model.inputs, model.get_layer(FAMILY_LAYER).output)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

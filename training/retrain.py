@@ -302,7 +302,7 @@ def _train_and_gate(
         export(
             result.model,
             result.valid,
-            hp,
+            result.hp,
             folder / "model",
             sources=result.sources,
             training_info=info,
@@ -372,8 +372,9 @@ def _initial_weights(
     if weights is None:
         return None, f"{fallback} (active model {active.sha256[:12]} has no Keras weights)"
     trained_with = (active.card or {}).get("hyperparameters", {})
-    wanted = {"image_size": hp.image_size, "alpha": hp.alpha}
-    found = {k: trained_with.get(k) for k in wanted}
+    wanted = {"image_size": hp.image_size, "alpha": hp.alpha, "fake_classes": hp.fake_classes}
+    # Cards from before fake_classes existed describe a sigmoid output (0).
+    found = {k: trained_with.get(k, 0 if k == "fake_classes" else None) for k in wanted}
     if found != wanted:
         return None, f"{fallback} (active model {active.sha256[:12]} is {found}, not {wanted})"
     return weights, f"active model {active.sha256[:12]} ({weights.name})"

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from training.data import (
     split_samples,
 )
 from training.hparams import HParams
-from training.model import build_model, make_dataset, set_trainable
+from training.model import build_model, family_head, make_dataset, set_trainable
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,58 @@ def describe_sources(splits: dict[str, list[Sample]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+class _FakeAUC(keras.metrics.AUC):
+    """ROC-AUC of P(fake) = 1 - P(real) from one-hot family targets and softmax outputs."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(1.0 - y_true[:, 0], 1.0 - y_pred[:, 0], sample_weight)
+
+
+class _FakeAccuracy(keras.metrics.BinaryAccuracy):
+    """Real/fake accuracy at 0.5 from one-hot family targets and softmax outputs."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(
+            1.0 - y_true[:, :1], 1.0 - y_pred[:, :1], sample_weight=sample_weight
+        )
+
+
+def family_names(hp: HParams, samples: list[Sample]) -> list[str]:
+    """The fake sources in class order: ``hp.fake_class_names`` first (a parent's),
+    then the new ones in ``samples``, sorted; ValueError when they outnumber the
+    classes."""
+    names = [n for n in hp.fake_class_names.split(",") if n]
+    names += sorted({s.source for s in samples if s.label == 1} - set(names))
+    if len(names) + 1 > hp.fake_classes:
+        raise ValueError(
+            f"{len(names)} kinds of fake ({', '.join(names)}) need fake_classes >= "
+            f"{len(names) + 1}, not {hp.fake_classes}"
+        )
+    return names
+
+
+def family_targets(samples: list[Sample], names: list[str], classes: int) -> np.ndarray:
+    """One-hot (N, classes) targets: class 0 real, class 1 + names.index(source) fake."""
+    index = {name: i + 1 for i, name in enumerate(names)}
+    ids = [0 if s.label == 0 else index[s.source] for s in samples]
+    return np.eye(classes, dtype="float32")[ids]
+
+
 def _fit(
     model: keras.Model, train_ds, val_ds, epochs: int, lr: float | Any, hp: HParams, callbacks: list
 ) -> dict[str, list[float]]:
+    if hp.fake_classes:
+        loss: keras.losses.Loss = keras.losses.CategoricalCrossentropy(
+            label_smoothing=hp.label_smoothing
+        )
+        metrics: list = [_FakeAUC(name="auc"), _FakeAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing)
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=hp.weight_decay),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        loss=loss,
+        metrics=metrics,
     )
     # The dataset shuffles itself (training.model.make_dataset).
     hist = model.fit(
@@ -193,8 +238,15 @@ def train_samples(
         raise ValueError("both labels must be present in the train and validation splits")
 
     weights = sample_weights(train_set.samples, hp)
-    train_ds = make_dataset(train_set.pixels, train_set.labels, weights, hp, training=True)
-    val_ds = make_dataset(valid_set.pixels, valid_set.labels, None, hp, training=False)
+    train_y, valid_y = train_set.labels, valid_set.labels
+    if hp.fake_classes:
+        names = family_names(hp, train_set.samples + valid_set.samples)
+        hp = replace(hp, fake_class_names=",".join(names))
+        log.info("fake classes: %s", hp.fake_class_names)
+        train_y = family_targets(train_set.samples, names, hp.fake_classes)
+        valid_y = family_targets(valid_set.samples, names, hp.fake_classes)
+    train_ds = make_dataset(train_set.pixels, train_y, weights, hp, training=True)
+    val_ds = make_dataset(valid_set.pixels, valid_y, None, hp, training=False)
 
     if initial_weights is None:
         model = build_model(hp)
@@ -202,11 +254,13 @@ def train_samples(
         model = build_model(hp, weights="none")
         model.load_weights(initial_weights)
         log.info("starting from the weights in %s", initial_weights)
+    # What is fitted: the model itself, or (fake_classes) its softmax over the kinds.
+    fitted = family_head(model) if hp.fake_classes else model
     history: dict[str, list[float]] = {}
     if hp.head_epochs > 0:
         set_trainable(model, None)
         for k, v in _fit(
-            model, train_ds, val_ds, hp.head_epochs, hp.head_learning_rate, hp, []
+            fitted, train_ds, val_ds, hp.head_epochs, hp.head_learning_rate, hp, []
         ).items():
             history[f"head_{k}"] = v
     if hp.fine_tune_epochs > 0:
@@ -223,7 +277,7 @@ def train_samples(
             lr = keras.optimizers.schedules.CosineDecay(
                 lr, decay_steps=hp.fine_tune_epochs * int(train_ds.cardinality())
             )
-        for k, v in _fit(model, train_ds, val_ds, hp.fine_tune_epochs, lr, hp, [stop]).items():
+        for k, v in _fit(fitted, train_ds, val_ds, hp.fine_tune_epochs, lr, hp, [stop]).items():
             history[f"fine_{k}"] = v
 
     val_scores = predict(model, valid_set.pixels, hp.batch_size)

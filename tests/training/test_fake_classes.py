@@ -1,0 +1,94 @@
+"""A softmax over real and each kind of fake (``fake_classes``), whose one output is
+P(fake) = 1 - P(real): trained, exported and served like the sigmoid model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_model import TINY
+
+from deepscreen.cli import main
+from deepscreen.inference import Classifier
+from training.data import Sample
+from training.hparams import HParams, load_hparams
+from training.model import build_model, family_head
+from training.train import family_names, family_targets
+
+
+def _sample(source: str, label: int) -> Sample:
+    return Sample(path=Path(f"{source}-{label}.png"), label=label, source=source)
+
+
+def test_family_names_keep_the_parents_order_and_append_new_kinds() -> None:
+    samples = [_sample("ffhq", 0), _sample("sdfd", 1), _sample("corrections", 1), _sample("a", 1)]
+    hp = HParams(fake_classes=6, fake_class_names="sdfd,stylegan")
+    # The parent's classes keep their places (sdfd stays 1 though "a" sorts first);
+    # new kinds follow, sorted; real sources are not kinds of fake.
+    assert family_names(hp, samples) == ["sdfd", "stylegan", "a", "corrections"]
+    with pytest.raises(ValueError, match="need fake_classes >= 5, not 4"):
+        family_names(HParams(fake_classes=4, fake_class_names="sdfd,stylegan"), samples)
+
+
+def test_family_targets_are_one_hot_with_real_as_class_zero() -> None:
+    samples = [_sample("ffhq", 0), _sample("b", 1), _sample("a", 1), _sample("ciplab", 0)]
+    y = family_targets(samples, ["a", "b"], 4)
+    assert y.tolist() == [[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+
+
+def test_the_single_output_is_one_minus_the_real_class() -> None:
+    hp = load_hparams(None, {**dict(p.split("=", 1) for p in TINY), "fake_classes": "4"})
+    model = build_model(hp)
+    x = np.random.default_rng(3).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    probs = family_head(model).predict(x, verbose=0)
+    fake = model.predict(x, verbose=0)
+    assert fake.shape == (6, 1)
+    np.testing.assert_allclose(fake[:, 0], 1.0 - probs[:, 0], atol=1e-6)
+    assert not model.get_layer("fake_probability").trainable
+
+
+@pytest.mark.slow
+def test_train_and_export_a_model_with_a_class_per_kind_of_fake(
+    synthetic_tree: Path, tmp_path: Path
+) -> None:
+    # Given real images and two sources of fakes in one manifest
+    manifest = tmp_path / "data.csv"
+    fakes = sorted((synthetic_tree / "fake").glob("*.png"))
+    with manifest.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["path", "label", "source"])
+        for p in sorted((synthetic_tree / "real").glob("*.png")):
+            out.writerow([p, "real", "photos"])
+        for i, p in enumerate(fakes):
+            out.writerow([p, "fake", "gan-b" if i % 2 else "gan-a"])
+    model_dir = tmp_path / "model"
+    # When `deepscreen train` trains a softmax over real and the kinds of fake
+    args = [a for p in [*TINY, "fake_classes=4"] for a in ("--set", p)]
+    rc = main(
+        ["train", "--data", f"csv:{manifest}", "--out", str(model_dir),
+         "--work-dir", str(tmp_path / "work"), *args]
+    )
+    # Then it learns real from fake, the card names the classes, and the export (its
+    # parity check included) serves one P(fake) per image
+    assert rc == 0
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["hyperparameters"]["fake_classes"] == 4
+    assert card["hyperparameters"]["fake_class_names"] == "gan-a,gan-b"
+    assert card["metrics"]["validation"]["overall"]["operating"]["roc_auc"] >= 0.95
+    clf = Classifier(model_dir, num_threads=1)
+    scores = [clf.classify_one(p.read_bytes()).score for p in fakes[:4]]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_a_parent_card_from_before_fake_classes_is_a_sigmoid_model() -> None:
+    from training.adapt import parent_hparams
+
+    old = parent_hparams({"hyperparameters": {"image_size": 224, "dropout": 0.3}})
+    new = parent_hparams(
+        {"hyperparameters": {"fake_classes": 8, "fake_class_names": "ciplab,sdfd"}}
+    )
+    assert old.fake_classes == 0
+    assert (new.fake_classes, new.fake_class_names) == (8, "ciplab,sdfd")
