@@ -48,8 +48,9 @@ class HParams:
     #: 0: the output is one sigmoid unit trained on real/fake. N > 0: train a softmax
     #: over "real" and up to N - 1 kinds of fake, each fake source its own class (the
     #: model learns what tells each kind apart instead of one boundary for all); the
-    #: model's one output stays P(fake) = 1 - P(real).
-    fake_classes: int = 0
+    #: model's one output stays P(fake) = 1 - P(real). 8: real and up to seven kinds,
+    #: the five of ../shared plus room for what adaptation adds (its corrections).
+    fake_classes: int = 8
     #: The fake sources in class order (classes 1, 2, ...), comma-separated: filled in
     #: by training from its data and kept by adaptation, which appends new ones.
     fake_class_names: str = ""
