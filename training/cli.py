@@ -99,6 +99,9 @@ def run_train(args: argparse.Namespace) -> int:
     except QualityGateFailed as exc:
         print(f"deepscreen: quality gate: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # data that cannot train this recipe: say why, no traceback
+        print(f"deepscreen train: {exc}", file=sys.stderr)
+        return 2
     print(f"Keras model saved to {work / 'model.keras'}")
     if args.no_export:
         return 0

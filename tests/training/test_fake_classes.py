@@ -50,11 +50,8 @@ def test_the_single_output_is_one_minus_the_real_class() -> None:
     assert not model.get_layer("fake_probability").trainable
 
 
-@pytest.mark.slow
-def test_train_and_export_a_model_with_a_class_per_kind_of_fake(
-    synthetic_tree: Path, tmp_path: Path
-) -> None:
-    # Given real images and two sources of fakes in one manifest
+def _two_kinds(synthetic_tree: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A manifest of real images and two sources of fakes, and the fakes' paths."""
     manifest = tmp_path / "data.csv"
     fakes = sorted((synthetic_tree / "fake").glob("*.png"))
     with manifest.open("w", newline="") as fh:
@@ -64,6 +61,27 @@ def test_train_and_export_a_model_with_a_class_per_kind_of_fake(
             out.writerow([p, "real", "photos"])
         for i, p in enumerate(fakes):
             out.writerow([p, "fake", "gan-b" if i % 2 else "gan-a"])
+    return manifest, fakes
+
+
+def test_more_kinds_of_fake_than_classes_is_refused_with_the_fix(
+    synthetic_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest, _ = _two_kinds(synthetic_tree, tmp_path)
+    args = [a for p in [*TINY, "fake_classes=2"] for a in ("--set", p)]
+    rc = main(["train", "--data", f"csv:{manifest}", "--out", str(tmp_path / "m"),
+               "--work-dir", str(tmp_path / "w"), *args])
+    assert rc == 2
+    assert "2 kinds of fake (gan-a, gan-b) need fake_classes >= 3" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_train_and_export_a_model_with_a_class_per_kind_of_fake(
+    synthetic_tree: Path, tmp_path: Path
+) -> None:
+    # Given real images and two sources of fakes in one manifest
+    manifest, fakes = _two_kinds(synthetic_tree, tmp_path)
     model_dir = tmp_path / "model"
     # When `deepscreen train` trains a softmax over real and the kinds of fake
     args = [a for p in [*TINY, "fake_classes=4"] for a in ("--set", p)]
