@@ -89,6 +89,22 @@ def _family_model(inputs, features, classes: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
 
 
+def seed_new_classes(model: keras.Model, known: int, used: int) -> None:
+    """Start the fake classes ``known + 1 .. used`` (kinds the loaded weights never saw,
+    e.g. adaptation's corrections) from the mean of the known fake classes' weights.
+
+    Training leaves an unused class far below every other (its logit is pushed down
+    on every image), so a new kind would first have to climb out of that; from the
+    known kinds' mean it starts as an average kind of fake and learns from there."""
+    if not 0 < known < used:
+        return
+    layer = model.get_layer(FAMILY_LAYER)
+    kernel, bias = layer.get_weights()
+    kernel[:, known + 1 : used + 1] = kernel[:, 1 : known + 1].mean(axis=1, keepdims=True)
+    bias[known + 1 : used + 1] = bias[1 : known + 1].mean()
+    layer.set_weights([kernel, bias])
+
+
 def family_head(model: keras.Model) -> keras.Model:
     """The softmax over real and each kind of fake of a model built with fake_classes."""
     return keras.Model(model.inputs, model.get_layer(FAMILY_LAYER).output)

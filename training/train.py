@@ -32,7 +32,13 @@ from training.data import (
     split_samples,
 )
 from training.hparams import HParams
-from training.model import build_model, family_head, make_dataset, set_trainable
+from training.model import (
+    build_model,
+    family_head,
+    make_dataset,
+    seed_new_classes,
+    set_trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +245,7 @@ def train_samples(
 
     weights = sample_weights(train_set.samples, hp)
     train_y, valid_y = train_set.labels, valid_set.labels
+    known = len([n for n in hp.fake_class_names.split(",") if n])  # the parent's kinds
     if hp.fake_classes:
         names = family_names(hp, train_set.samples + valid_set.samples)
         hp = replace(hp, fake_class_names=",".join(names))
@@ -254,6 +261,8 @@ def train_samples(
         model = build_model(hp, weights="none")
         model.load_weights(initial_weights)
         log.info("starting from the weights in %s", initial_weights)
+        if hp.fake_classes:
+            seed_new_classes(model, known, len(hp.fake_class_names.split(",")))
     # What is fitted: the model itself, or (fake_classes) its softmax over the kinds.
     fitted = family_head(model) if hp.fake_classes else model
     history: dict[str, list[float]] = {}

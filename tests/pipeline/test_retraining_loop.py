@@ -134,7 +134,11 @@ def test_flags_retrain_promote_serve_and_roll_back(
     # And an active model trained on the base data (grid-traced fakes), published with
     # its Keras weights
     base_dir = tmp_path / "base-model"
-    args = [a for p in TINY for a in ("--set", p)]
+    # (A sigmoid model: from scratch at 32 px, the tiny model with a class per kind of
+    # fake learnt the glowing kind from a dozen flags to 0.625 accuracy on new traffic
+    # in two runs of three, under this test's 0.75; the real-size recipe's adaptation
+    # is measured by benchmarks/adaptation.py.)
+    args = [a for p in (*TINY, "fake_classes=0") for a in ("--set", p)]
     assert main(["train", "--data", f"tree:{tree}", "--out", str(base_dir), *args]) == 0
     assert (base_dir / "model.weights.h5").is_file()
     with session_scope(make_session_factory(stack_engine)) as session:

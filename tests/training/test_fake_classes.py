@@ -110,3 +110,23 @@ def test_a_parent_card_from_before_fake_classes_is_a_sigmoid_model() -> None:
     )
     assert old.fake_classes == 0
     assert (new.fake_classes, new.fake_class_names) == (8, "ciplab,sdfd")
+
+
+def test_a_new_kind_of_fake_starts_from_the_known_kinds_mean() -> None:
+    from training.model import FAMILY_LAYER, seed_new_classes
+
+    hp = load_hparams(None, {**dict(p.split("=", 1) for p in TINY), "fake_classes": "5"})
+    model = build_model(hp)
+    layer = model.get_layer(FAMILY_LAYER)
+    kernel, bias = layer.get_weights()
+    kernel = np.random.default_rng(5).normal(size=kernel.shape).astype("float32")
+    bias = np.array([0.5, 1.0, 3.0, -9.0, -9.0], "float32")
+    layer.set_weights([kernel, bias])
+    # Given a parent that knew two kinds, when a third (the corrections) is added
+    seed_new_classes(model, known=2, used=3)
+    new_kernel, new_bias = layer.get_weights()
+    # Then the new class starts from the mean of the known kinds; the rest are as they were
+    np.testing.assert_allclose(new_kernel[:, 3], kernel[:, 1:3].mean(axis=1), rtol=1e-6)
+    assert new_bias[3] == pytest.approx(2.0)
+    np.testing.assert_array_equal(new_kernel[:, [0, 1, 2, 4]], kernel[:, [0, 1, 2, 4]])
+    assert new_bias[4] == -9.0
