@@ -19,6 +19,12 @@ from training.model import build_model, family_head
 from training.train import family_names, family_targets
 
 
+def _tiny_model(fake_classes: int):
+    """The tests' tiny model, built (untrained) with ``fake_classes``."""
+    overrides = dict(p.split("=", 1) for p in TINY)
+    return build_model(load_hparams(None, {**overrides, "fake_classes": str(fake_classes)}))
+
+
 def _sample(source: str, label: int) -> Sample:
     return Sample(path=Path(f"{source}-{label}.png"), label=label, source=source)
 
@@ -40,8 +46,7 @@ def test_family_targets_are_one_hot_with_real_as_class_zero() -> None:
 
 
 def test_the_single_output_is_one_minus_the_real_class() -> None:
-    hp = load_hparams(None, {**dict(p.split("=", 1) for p in TINY), "fake_classes": "4"})
-    model = build_model(hp)
+    model = _tiny_model(fake_classes=4)
     x = np.random.default_rng(3).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
     probs = family_head(model).predict(x, verbose=0)
     fake = model.predict(x, verbose=0)
@@ -115,8 +120,7 @@ def test_a_parent_card_from_before_fake_classes_is_a_sigmoid_model() -> None:
 def test_a_new_kind_of_fake_starts_from_the_known_kinds_mean() -> None:
     from training.model import FAMILY_LAYER, seed_new_classes
 
-    hp = load_hparams(None, {**dict(p.split("=", 1) for p in TINY), "fake_classes": "5"})
-    model = build_model(hp)
+    model = _tiny_model(fake_classes=5)
     layer = model.get_layer(FAMILY_LAYER)
     kernel, bias = layer.get_weights()
     kernel = np.random.default_rng(5).normal(size=kernel.shape).astype("float32")
