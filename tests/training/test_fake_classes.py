@@ -74,8 +74,18 @@ def test_more_kinds_of_fake_than_classes_is_refused_with_the_fix(
 ) -> None:
     manifest, _ = _two_kinds(synthetic_tree, tmp_path)
     args = [a for p in [*TINY, "fake_classes=2"] for a in ("--set", p)]
-    rc = main(["train", "--data", f"csv:{manifest}", "--out", str(tmp_path / "m"),
-               "--work-dir", str(tmp_path / "w"), *args])
+    rc = main(
+        [
+            "train",
+            "--data",
+            f"csv:{manifest}",
+            "--out",
+            str(tmp_path / "m"),
+            "--work-dir",
+            str(tmp_path / "w"),
+            *args,
+        ]
+    )
     assert rc == 2
     assert "2 kinds of fake (gan-a, gan-b) need fake_classes >= 3" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
@@ -91,8 +101,16 @@ def test_train_and_export_a_model_with_a_class_per_kind_of_fake(
     # When `deepscreen train` trains a softmax over real and the kinds of fake
     args = [a for p in [*TINY, "fake_classes=4"] for a in ("--set", p)]
     rc = main(
-        ["train", "--data", f"csv:{manifest}", "--out", str(model_dir),
-         "--work-dir", str(tmp_path / "work"), *args]
+        [
+            "train",
+            "--data",
+            f"csv:{manifest}",
+            "--out",
+            str(model_dir),
+            "--work-dir",
+            str(tmp_path / "work"),
+            *args,
+        ]
     )
     # Then it learns real from fake, the card names the classes, and the export (its
     # parity check included) serves one P(fake) per image
