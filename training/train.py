@@ -158,11 +158,16 @@ class _FakeAccuracy(keras.metrics.BinaryAccuracy):
         )
 
 
+def parent_kinds(hp: HParams) -> list[str]:
+    """The kinds of fake ``hp`` already names (a parent's classes), in class order."""
+    return [n for n in hp.fake_class_names.split(",") if n]
+
+
 def family_names(hp: HParams, samples: list[Sample]) -> list[str]:
     """The fake sources in class order: ``hp.fake_class_names`` first (a parent's),
     then the new ones in ``samples``, sorted; ValueError when they outnumber the
     classes."""
-    names = [n for n in hp.fake_class_names.split(",") if n]
+    names = parent_kinds(hp)
     names += sorted({s.source for s in samples if s.label == 1} - set(names))
     if len(names) + 1 > hp.fake_classes:
         raise ValueError(
@@ -245,7 +250,7 @@ def train_samples(
 
     weights = sample_weights(train_set.samples, hp)
     train_y, valid_y = train_set.labels, valid_set.labels
-    known = len([n for n in hp.fake_class_names.split(",") if n])  # the parent's kinds
+    known, names = len(parent_kinds(hp)), []
     if hp.fake_classes:
         names = family_names(hp, train_set.samples + valid_set.samples)
         hp = replace(hp, fake_class_names=",".join(names))
@@ -262,7 +267,7 @@ def train_samples(
         model.load_weights(initial_weights)
         log.info("starting from the weights in %s", initial_weights)
         if hp.fake_classes:
-            seed_new_classes(model, known, len(hp.fake_class_names.split(",")))
+            seed_new_classes(model, known, len(names))
     # What is fitted: the model itself, or (fake_classes) its softmax over the kinds.
     fitted = family_head(model) if hp.fake_classes else model
     history: dict[str, list[float]] = {}

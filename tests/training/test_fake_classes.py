@@ -69,23 +69,18 @@ def _two_kinds(synthetic_tree: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
     return manifest, fakes
 
 
+def _train(manifest: Path, out: Path, work: Path, *, fake_classes: int) -> int:
+    """`deepscreen train` of the tiny recipe with ``fake_classes`` on ``manifest``."""
+    args = [a for p in [*TINY, f"fake_classes={fake_classes}"] for a in ("--set", p)]
+    data = ["--data", f"csv:{manifest}", "--out", str(out), "--work-dir", str(work)]
+    return main(["train", *data, *args])
+
+
 def test_more_kinds_of_fake_than_classes_is_refused_with_the_fix(
     synthetic_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest, _ = _two_kinds(synthetic_tree, tmp_path)
-    args = [a for p in [*TINY, "fake_classes=2"] for a in ("--set", p)]
-    rc = main(
-        [
-            "train",
-            "--data",
-            f"csv:{manifest}",
-            "--out",
-            str(tmp_path / "m"),
-            "--work-dir",
-            str(tmp_path / "w"),
-            *args,
-        ]
-    )
+    rc = _train(manifest, tmp_path / "m", tmp_path / "w", fake_classes=2)
     assert rc == 2
     assert "2 kinds of fake (gan-a, gan-b) need fake_classes >= 3" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
@@ -99,19 +94,7 @@ def test_train_and_export_a_model_with_a_class_per_kind_of_fake(
     manifest, fakes = _two_kinds(synthetic_tree, tmp_path)
     model_dir = tmp_path / "model"
     # When `deepscreen train` trains a softmax over real and the kinds of fake
-    args = [a for p in [*TINY, "fake_classes=4"] for a in ("--set", p)]
-    rc = main(
-        [
-            "train",
-            "--data",
-            f"csv:{manifest}",
-            "--out",
-            str(model_dir),
-            "--work-dir",
-            str(tmp_path / "work"),
-            *args,
-        ]
-    )
+    rc = _train(manifest, model_dir, tmp_path / "work", fake_classes=4)
     # Then it learns real from fake, the card names the classes, and the export (its
     # parity check included) serves one P(fake) per image
     assert rc == 0
