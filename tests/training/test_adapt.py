@@ -51,7 +51,11 @@ def _manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
 @pytest.fixture(scope="module")
 def base_model(synthetic_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("base")
-    args = [a for p in TINY for a in ("--set", p)]
+    # A sigmoid model: from scratch at 32 px, the tiny model with a class per kind of
+    # fake missed this test's bars in 2 runs of 5 (its base already caught the stamped
+    # kind at 0.65 once; adapted recall 0.47 once). benchmarks/adaptation.py measures
+    # the default recipe's adaptation.
+    args = [a for p in (*TINY, "fake_classes=0") for a in ("--set", p)]
     assert main(["train", "--data", f"tree:{synthetic_tree}", "--out", str(out), *args]) == 0
     return out
 
