@@ -61,7 +61,7 @@ class HParams:
     head_epochs: int = 1
     head_learning_rate: float = 1e-3
     #: Phase 2: fine-tune the backbone from `fine_tune_from` upward, low learning rate.
-    fine_tune_epochs: int = 7
+    fine_tune_epochs: int = 14
     fine_tune_learning_rate: float = 2e-4
     #: "constant", or "cosine": decay the phase-2 rate to zero over fine_tune_epochs.
     lr_schedule: str = "cosine"
