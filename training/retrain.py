@@ -251,8 +251,8 @@ def _train_and_gate(
         hp = parent_hparams(Classifier(active_dir, num_threads=1).card)
     elif init is not None and hp.fake_classes and inputs.active is not None:
         # Starting from the active model's weights: its classes keep their meaning.
-        trained_with = (inputs.active.card or {}).get("hyperparameters") or {}
-        hp = replace(hp, fake_class_names=trained_with.get("fake_class_names") or "")
+        kinds = parent_hparams(inputs.active.card or {}).fake_class_names
+        hp = replace(hp, fake_class_names=kinds)
     sets = _gate_sets(settings, base, fixes, hp)
     correction_weight = (
         settings.retrain_adapt_correction_weight
