@@ -26,6 +26,7 @@ from deepscreen.inference import CARD_FILE, Classifier
 from training.data import Sample, read_manifest, read_source, split_samples
 from training.export import WEIGHTS_FILE, export
 from training.hparams import HParams
+from training.model import set_score_weights
 from training.train import TrainingResult, predict, train_samples
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def parent_hparams(card: dict[str, Any]) -> HParams:
     recorded = {k: v for k, v in (card.get("hyperparameters") or {}).items() if k in known}
     # Cards from before fake_classes existed describe a sigmoid output.
     recorded.setdefault("fake_classes", 0)
+    # ... and cards from before fake_class_weights weighted every kind of fake alike.
+    recorded.setdefault("fake_class_weights", "")
     stage = card.get("face_stage")
     if isinstance(stage, dict):
         # The card's face stage is what serving uses: adapt cuts the same crops.
@@ -226,6 +229,7 @@ def interpolate_with(result: TrainingResult, parent_weights_file: Path, share: f
     result.model.set_weights(
         [share * a + (1 - share) * p for a, p in zip(adapted, parent, strict=True)]
     )
+    set_score_weights(result.model, result.hp)  # fixed by the recipe, not averaged
     result.val_scores = predict(result.model, result.valid.pixels, result.hp.batch_size)
     result.val_auc = float(roc_auc_score(result.valid.labels, result.val_scores))
 

@@ -48,12 +48,20 @@ class HParams:
     #: 0: the output is one sigmoid unit trained on real/fake. N > 0: train a softmax
     #: over "real" and up to N - 1 kinds of fake, each fake source its own class (the
     #: model learns what tells each kind apart instead of one boundary for all); the
-    #: model's one output stays P(fake) = 1 - P(real). 8: real and up to seven kinds,
-    #: the five of ../shared plus room for what adaptation adds (its corrections).
+    #: model's one output sums the fake classes (`fake_class_weights`). 8: real and up
+    #: to seven kinds, the five of ../shared plus room for what adaptation adds.
     fake_classes: int = 8
     #: The fake sources in class order (classes 1, 2, ...), comma-separated: filled in
     #: by training from its data and kept by adaptation, which appends new ones.
     fake_class_names: str = ""
+    #: How much each kind of fake counts in the model's one score, comma-separated
+    #: ``name=weight`` (kinds not named count 1): the score is the sum of the fake
+    #: classes' probabilities, each times its weight, inside the model. ciplab's
+    #: composites are edited real photos, and its class takes most of the probability
+    #: of ciplab's own real photos too, so at full weight the tail of those photos
+    #: sets the threshold for every kind (README, "What the ciplab weight changed").
+    #: Kinds the data has no class for are ignored; training itself never sees it.
+    fake_class_weights: str = "ciplab=0.8"
 
     # --- optimisation ---
     batch_size: int = 32
@@ -135,6 +143,7 @@ class HParams:
             raise ValueError("crop_probability must be in [0, 1]")
         if self.fake_classes == 1 or self.fake_classes < 0:
             raise ValueError("fake_classes must be 0 (sigmoid) or at least 2")
+        class_weights(self.fake_class_weights)  # a malformed entry fails here, not at export
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +156,24 @@ class HParams:
             raise ValueError(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
         coerced = {k: coerce(types[k], v) for k, v in overrides.items()}
         return replace(self, **coerced)
+
+
+def class_weights(spec: str) -> dict[str, float]:
+    """``fake_class_weights`` ("ciplab=0.8,sdfd=1") as {kind: weight}; ValueError when
+    an entry is not ``name=weight`` with a weight in [0, 1]."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or not 0 <= weight <= 1:
+            raise ValueError(
+                f"fake_class_weights: {item!r} is not name=weight with a weight in [0, 1]"
+            )
+        weights[name.strip()] = weight
+    return weights
 
 
 def coerce(type_name: Any, value: Any) -> Any:

@@ -13,18 +13,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.hparams import HParams
+from training.hparams import HParams, class_weights
 
 log = logging.getLogger(__name__)
 
 BACKBONE_NAME = "mobilenetv2_backbone"
 FAMILY_LAYER = "fake_family"
+SCORE_LAYER = "fake_probability"
 
 
 def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
     """MobileNetV2 backbone + dropout + one sigmoid unit giving P(fake) (with
     ``hp.fake_classes``, a softmax over real and each kind of fake instead, whose
-    P(fake) is 1 - P(real)).
+    one score is the fake classes' probabilities summed with ``hp.fake_class_weights``).
 
     ``weights`` overrides ``hp.weights``: "imagenet" (Keras' download), "none",
     or a path to a backbone ``.weights.h5`` (offline use).
@@ -63,30 +64,47 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
         x = backbone(x)
     x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
     if hp.fake_classes > 0:
-        return _family_model(inputs, x, hp.fake_classes)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="fake_probability", dtype="float32")(x)
+        return _family_model(inputs, x, hp)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name=SCORE_LAYER, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
 
 
-def _family_model(inputs, features, classes: int) -> keras.Model:
-    """A softmax over "real" (class 0) and ``classes - 1`` kinds of fake, and
-    P(fake) = 1 - P(real) as the model's one output: a fixed, untrained sum of the
-    fake classes' probabilities, so serving, export and adaptation see the same
-    single score as with the sigmoid head. `family_head` gives the softmax to train."""
+def _family_model(inputs, features, hp: HParams) -> keras.Model:
+    """A softmax over "real" (class 0) and ``hp.fake_classes - 1`` kinds of fake, and
+    the model's one output: a fixed, untrained sum of the fake classes' probabilities,
+    each times its `score_kernel` weight (all 1: P(fake) = 1 - P(real)), so serving,
+    export and adaptation see a single score as with the sigmoid head. `family_head`
+    gives the softmax to train."""
     probs = keras.layers.Dense(
-        classes, activation="softmax", name=FAMILY_LAYER, dtype="float32"
+        hp.fake_classes, activation="softmax", name=FAMILY_LAYER, dtype="float32"
     )(features)
-    mask = np.ones((classes, 1), "float32")
-    mask[0] = 0.0
     outputs = keras.layers.Dense(
         1,
         use_bias=False,
         trainable=False,
-        kernel_initializer=keras.initializers.Constant(mask),
-        name="fake_probability",
+        kernel_initializer=keras.initializers.Constant(score_kernel(hp)),
+        name=SCORE_LAYER,
         dtype="float32",
     )(probs)
     return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
+
+
+def score_kernel(hp: HParams) -> np.ndarray:
+    """The (fake_classes, 1) weights of the score over the softmax: 0 for real, each
+    named kind's ``hp.fake_class_weights`` entry, 1 for every other class."""
+    kernel = np.ones((hp.fake_classes, 1), "float32")
+    kernel[0] = 0.0
+    weights = class_weights(hp.fake_class_weights)
+    for i, name in enumerate(n for n in hp.fake_class_names.split(",") if n):
+        kernel[i + 1] = weights.get(name, 1.0)
+    return kernel
+
+
+def set_score_weights(model: keras.Model, hp: HParams) -> None:
+    """Give a model with fake classes the score weights of ``hp`` (after loading
+    weights saved under another recipe, whose file carries its own)."""
+    if hp.fake_classes:
+        model.get_layer(SCORE_LAYER).set_weights([score_kernel(hp)])
 
 
 def seed_new_classes(model: keras.Model, known: int, used: int) -> None:

@@ -37,6 +37,7 @@ from training.model import (
     family_head,
     make_dataset,
     seed_new_classes,
+    set_score_weights,
     set_trainable,
 )
 
@@ -266,6 +267,7 @@ def train_samples(
         model = build_model(hp, weights="none")
         model.load_weights(initial_weights)
         log.info("starting from the weights in %s", initial_weights)
+        set_score_weights(model, hp)  # the file carries its own recipe's score weights
         if hp.fake_classes:
             seed_new_classes(model, known, len(names))
     # What is fitted: the model itself, or (fake_classes) its softmax over the kinds.

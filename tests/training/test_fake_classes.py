@@ -19,10 +19,12 @@ from training.model import build_model, family_head
 from training.train import family_names, family_targets
 
 
-def _tiny_model(fake_classes: int):
-    """The tests' tiny model, built (untrained) with ``fake_classes``."""
+def _tiny_model(fake_classes: int, **extra: str):
+    """The tests' tiny model, built (untrained) with ``fake_classes`` (and ``extra``)."""
     overrides = dict(p.split("=", 1) for p in TINY)
-    return build_model(load_hparams(None, {**overrides, "fake_classes": str(fake_classes)}))
+    return build_model(
+        load_hparams(None, {**overrides, "fake_classes": str(fake_classes), **extra})
+    )
 
 
 def _sample(source: str, label: int) -> Sample:
@@ -135,3 +137,49 @@ def test_a_new_kind_of_fake_starts_from_the_known_kinds_mean() -> None:
     assert new_bias[3] == pytest.approx(2.0)
     np.testing.assert_array_equal(new_kernel[:, [0, 1, 2, 4]], kernel[:, [0, 1, 2, 4]])
     assert new_bias[4] == -9.0
+
+
+def test_a_kinds_score_weight_scales_its_class_in_the_single_output(tmp_path: Path) -> None:
+    from training.model import set_score_weights
+
+    x = np.random.default_rng(4).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    # Given classes real, a, b, c (one spare) with a weighted 0.25 and an unnamed kind at 0.5
+    model = _tiny_model(4, fake_class_names="a,b", fake_class_weights="a=0.25,zz=0.5")
+    probs = family_head(model).predict(x, verbose=0)
+    # Then the score is the fake classes' probabilities, a's at a quarter, the rest whole
+    expected = 0.25 * probs[:, 1] + probs[:, 2] + probs[:, 3]
+    np.testing.assert_allclose(model.predict(x, verbose=0)[:, 0], expected, atol=1e-6)
+    # Given weights saved by a recipe that counted every kind alike (an older parent),
+    # when they are loaded the file's score weights come with them ...
+    plain = _tiny_model(4, fake_class_names="a,b", fake_class_weights="")
+    plain.set_weights(model.get_weights()[:-1] + [plain.get_weights()[-1]])
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    model.load_weights(tmp_path / "plain.weights.h5")
+    np.testing.assert_allclose(model.predict(x, verbose=0)[:, 0], 1 - probs[:, 0], atol=1e-6)
+    # ... and the recipe's weights are what set_score_weights restores
+    hp = load_hparams(
+        None,
+        {
+            **dict(p.split("=", 1) for p in TINY),
+            "fake_classes": "4",
+            "fake_class_names": "a,b",
+            "fake_class_weights": "a=0.25",
+        },
+    )
+    set_score_weights(model, hp)
+    np.testing.assert_allclose(model.predict(x, verbose=0)[:, 0], expected, atol=1e-6)
+
+
+def test_score_weights_are_checked_and_old_cards_count_every_kind_alike() -> None:
+    from training.adapt import parent_hparams
+    from training.hparams import class_weights
+
+    assert class_weights(" ciplab=0.8 , sdfd=1,") == {"ciplab": 0.8, "sdfd": 1.0}
+    assert class_weights("") == {}
+    for bad in ("ciplab", "ciplab=high", "=0.5", "ciplab=1.5", "ciplab=-0.1"):
+        with pytest.raises(ValueError, match="fake_class_weights"):
+            HParams(fake_class_weights=bad)
+    # A card from before the weights scored every kind alike; a newer one keeps its own.
+    assert parent_hparams({"hyperparameters": {"fake_classes": 8}}).fake_class_weights == ""
+    recorded = {"hyperparameters": {"fake_classes": 8, "fake_class_weights": "ciplab=0.8"}}
+    assert parent_hparams(recorded).fake_class_weights == "ciplab=0.8"
