@@ -3,7 +3,7 @@
 Run from the repository root, with ../shared present::
 
     python benchmarks/logo.py [--families hardfakevsreal,sdfd,...] [--set KEY=VALUE ...]
-                              [--max-per-group N] [--json OUT]
+                              [--max-per-group N] [--json OUT] [--keep DIR [--rescore]]
 
 For each fake family (a source's fakes: ciplab composites, StyleGAN, StyleGAN2, Stable
 Diffusion 2.1, Stable Diffusion 3), trains the recipe (``training/hparams.toml`` plus
@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,18 @@ from sklearn.metrics import roc_auc_score
 
 from deepscreen.config import Settings
 from training.allocator import restart_on_tcmalloc
-from training.data import Sample, load_pixels, read_source
+from training.data import Sample, load_pixels, read_source, split_samples
 from training.evaluate import FAKE_FAMILY_NAMES, fpr_per_real_source, threshold_for_sources
 from training.export import export
-from training.hparams import load_hparams
-from training.train import face_stage_for, predict, preprocessing_for, train_samples
+from training.hparams import HParams, load_hparams
+from training.model import build_model, set_score_weights
+from training.train import (
+    exclude,
+    face_stage_for,
+    predict,
+    preprocessing_for,
+    train_samples,
+)
 
 SHARED = REPO_ROOT.parent / "shared"
 BACKBONE = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet.weights.h5"
@@ -67,31 +75,41 @@ def cap_groups(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
 
 
 def one_run(
-    samples: list[Sample], family: str, overrides: dict[str, str], keep: Path | None
+    samples: list[Sample],
+    family: str,
+    overrides: dict[str, str],
+    keep: Path | None,
+    rescore: bool = False,
 ) -> dict:
     """Train without ``family``'s fakes and score every family; with ``keep``, export
-    the model to ``keep/<family>`` (e.g. the base of ``benchmarks/adaptation.py``)."""
+    the model to ``keep/<family>`` (e.g. the base of ``benchmarks/adaptation.py``).
+    With ``rescore``, train nothing: score the model kept there by an earlier run
+    under this recipe's score weights (`fake_class_weights`, which training never sees)
+    and export it so to ``keep/<family>-rescored``."""
     hp = load_hparams(None, {**overrides, "exclude_sources": f"{family}:fake"})
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"logo-{family}-") as work:
-        result = train_samples(samples, hp, Path(work))
+    if rescore:
+        assert keep is not None
+        model, hp, valid, card = _kept_model(samples, hp, keep / family)
+        val_scores = predict(model, valid.pixels, hp.batch_size)
+        # The same run's model with this recipe's score weights, exported beside it.
+        sources, info = card["training"].get("sources"), dict(card["training"])
+        info.update(rescored_from=card["version"], fake_class_weights=hp.fake_class_weights)
+        out = keep / f"{family}-rescored"
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"logo-{family}-") as work:
+            result = train_samples(samples, hp, Path(work))
+        model, hp, valid, val_scores = result.model, result.hp, result.valid, result.val_scores
+        sources, info, out = result.sources, {"leave_one_out": family}, keep and keep / family
     seconds = time.monotonic() - started
-    if keep is not None:
-        export(
-            result.model,
-            result.valid,
-            result.hp,
-            keep / family,
-            sources=result.sources,
-            training_info={"leave_one_out": family, "train_wall_time_s": round(seconds, 1)},
-        )
-    valid = result.valid
-    val_scores = result.val_scores
+    if out is not None:
+        info.setdefault("train_wall_time_s", round(seconds, 1))
+        export(model, valid, hp, out, sources=sources, training_info=info)
     val_sources = [s.source for s in valid.samples]
     threshold = threshold_for_sources(val_scores, valid.labels, val_sources, hp.target_fpr)
     held_out = [s for s in samples if s.source == family and s.label == 1]
     loaded = load_pixels(held_out, preprocessing_for(hp), face_stage=face_stage_for(hp))
-    held_scores = predict(result.model, loaded.pixels, hp.batch_size)
+    held_scores = predict(model, loaded.pixels, hp.batch_size)
     reals = val_scores[valid.labels == 0]
     row: dict = {"held_out": family, "threshold": threshold, "train_s": round(seconds), "cells": {}}
     for fam in FAKE_FAMILY_NAMES:
@@ -113,6 +131,20 @@ def one_run(
         for k, v in fpr_per_real_source(val_scores, valid.labels, val_sources, threshold).items()
     }
     return row
+
+
+def _kept_model(samples: list[Sample], hp: HParams, folder: Path):
+    """The model an earlier run exported to ``folder`` (its weights and class order)
+    with ``hp``'s score weights, the run's validation split loaded as training did, and
+    the folder's card."""
+    card = json.loads((folder / "model_card.json").read_text())
+    hp = replace(hp, fake_class_names=card["hyperparameters"].get("fake_class_names", ""))
+    model = build_model(hp, weights="none")
+    model.load_weights(folder / "model.weights.h5")
+    set_score_weights(model, hp)
+    valid = split_samples(exclude(samples, hp.exclude_sources), hp.val_fraction, hp.seed)["valid"]
+    loaded = load_pixels(valid, preprocessing_for(hp), face_stage=face_stage_for(hp))
+    return model, hp, loaded, card
 
 
 def print_matrix(rows: list[dict]) -> None:
@@ -138,7 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="cap training-side images per (source, label), 0 = all")
     parser.add_argument("--json", type=Path, help="append each run's row to this JSON-lines file")
     parser.add_argument("--keep", type=Path, help="export each run's model to KEEP/<family>")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="train nothing: score the models an earlier run kept in KEEP under this "
+        "recipe's score weights (fake_class_weights), exported to KEEP/<family>-rescored",
+    )
     args = parser.parse_args(argv)
+    if args.rescore and args.keep is None:
+        parser.error("--rescore needs --keep DIR, the folder of an earlier run's models")
     if not (SHARED / "data").is_dir():
         print(f"{SHARED / 'data'} not found: this benchmark needs the shared data", file=sys.stderr)
         return 2
@@ -150,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = cap_groups(samples, args.max_per_group, 0)
     rows = []
     for family in args.families.split(","):
-        row = one_run(samples, family, overrides, args.keep)
+        row = one_run(samples, family, overrides, args.keep, args.rescore)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:
