@@ -44,7 +44,7 @@ class AdaptOptions:
     """How an adaptation run trains; defaults documented in the README."""
 
     #: Fine-tuning epochs (early stopping on validation ROC-AUC, best weights kept).
-    epochs: int = 6
+    epochs: int = 5
     learning_rate: float = 1e-4
     #: First backbone layer trained: from block 4 up, as in full training, so that the
     #: low-level filters where a generator's pixel traces show can move too.

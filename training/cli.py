@@ -142,7 +142,7 @@ def register_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", metavar="SOURCE",
                    help="base data to replay (default: the data in the parent's card, if present)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default 6)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default 5)")
     p.add_argument("--correction-weight", type=float, help="weight of each correction (default 12)")
     p.add_argument("--interpolate", type=float, metavar="SHARE",
                    help="average the adapted weights with the parent's, SHARE of the adapted "
