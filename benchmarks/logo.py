@@ -42,7 +42,7 @@ from training.data import Sample, load_pixels, read_source, split_samples
 from training.evaluate import FAKE_FAMILY_NAMES, fpr_per_real_source, threshold_for_sources
 from training.export import export
 from training.hparams import HParams, load_hparams
-from training.model import build_model, set_score_weights
+from training.model import build_model, family_head, set_score_weights
 from training.train import (
     exclude,
     face_stage_for,
@@ -87,6 +87,7 @@ def one_run(
     under this recipe's score weights (`fake_class_weights`, which training never sees)
     and export it so to ``keep/<family>-rescored``."""
     hp = load_hparams(None, {**overrides, "exclude_sources": f"{family}:fake"})
+    result = None
     started = time.monotonic()
     if rescore:
         assert keep is not None
@@ -105,13 +106,30 @@ def one_run(
     if out is not None:
         info.setdefault("train_wall_time_s", round(seconds, 1))
         export(model, valid, hp, out, sources=sources, training_info=info)
-    val_sources = [s.source for s in valid.samples]
-    threshold = threshold_for_sources(val_scores, valid.labels, val_sources, hp.target_fpr)
     held_out = [s for s in samples if s.source == family and s.label == 1]
     loaded = load_pixels(held_out, preprocessing_for(hp), face_stage=face_stage_for(hp))
-    held_scores = predict(model, loaded.pixels, hp.batch_size)
+    row = score_row(model, hp, valid, val_scores, family, loaded.pixels)
+    row["train_s"] = round(seconds)
+    if result is not None and result.unaveraged_weights is not None:
+        # The same run without the tail's weight average: a paired comparison.
+        fitted = family_head(model) if hp.fake_classes else model
+        fitted.set_weights(result.unaveraged_weights)
+        plain = score_row(model, hp, valid, predict(model, valid.pixels, hp.batch_size),
+                          family, loaded.pixels)
+        row["unaveraged"] = plain
+    return row
+
+
+def score_row(
+    model, hp: HParams, valid, val_scores: np.ndarray, family: str, held_pixels: np.ndarray
+) -> dict:
+    """ROC-AUC and recall at the card's threshold rule per fake family, and the
+    false-positive rate per real source, of ``model`` left without ``family``."""
+    val_sources = [s.source for s in valid.samples]
+    threshold = threshold_for_sources(val_scores, valid.labels, val_sources, hp.target_fpr)
+    held_scores = predict(model, held_pixels, hp.batch_size)
     reals = val_scores[valid.labels == 0]
-    row: dict = {"held_out": family, "threshold": threshold, "train_s": round(seconds), "cells": {}}
+    row: dict = {"held_out": family, "threshold": threshold, "cells": {}}
     for fam in FAKE_FAMILY_NAMES:
         if fam == family:
             fakes = held_scores
@@ -151,7 +169,12 @@ def print_matrix(rows: list[dict]) -> None:
     fams = [f for f in FAKE_FAMILY_NAMES if any(f in r["cells"] for r in rows)]
     print("\nROC-AUC / recall at the run's threshold; * = the family left out of training")
     print(f"{'left out':<16}" + "".join(f"{f[:15]:>17}" for f in fams) + "   FPR per real source")
+    shown = []
     for r in rows:
+        shown.append(r)
+        if "unaveraged" in r:
+            shown.append({**r["unaveraged"], "held_out": f"{r['held_out']} (no avg)"})
+    for r in shown:
         cells = []
         for f in fams:
             c = r["cells"].get(f)

@@ -79,6 +79,10 @@ class HParams:
     label_smoothing: float = 0.05
     #: Early stopping on validation ROC-AUC (phase 2), best weights restored.
     early_stopping_patience: int = 3
+    #: Average the weights at the end of the last N phase-2 epochs (all of them when
+    #: fewer): stochastic weight averaging over the cosine schedule's tail. 0: keep the
+    #: last epoch's. Not applied when early stopping ends the phase first.
+    average_last_epochs: int = 0
     seed: int = 1337
 
     # --- data ---
@@ -135,6 +139,8 @@ class HParams:
             raise ValueError(f"threshold_policy must be fpr or half, not {self.threshold_policy!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.average_last_epochs < 0:
+            raise ValueError("average_last_epochs must be >= 0")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
         if not 0 < self.crop_min_scale <= 1:

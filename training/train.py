@@ -59,6 +59,9 @@ class TrainingResult:
     history: dict[str, list[float]]
     wall_time_s: float
     sources: list[dict[str, Any]] = field(default_factory=list)
+    #: With ``average_last_epochs``: the weights of the fitted model (the model, or its
+    #: softmax over kinds) early stopping kept, before the average replaced them.
+    unaveraged_weights: list[np.ndarray] | None = None
 
 
 def preprocessing_for(hp: HParams) -> Preprocessing:
@@ -185,6 +188,43 @@ def family_targets(samples: list[Sample], names: list[str], classes: int) -> np.
     return np.eye(classes, dtype="float32")[ids]
 
 
+class TailAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging over a schedule's tail: the mean of the model's
+    weights (batch-norm statistics included) at the end of each of the last ``n``
+    of ``epochs`` epochs, set on the model when the phase ends, after early stopping
+    has restored its best epoch's weights. Not applied when training stopped early
+    (early stopping's restored weights stand)."""
+
+    def __init__(self, n: int, epochs: int) -> None:
+        super().__init__()
+        self.first = max(0, epochs - n)
+        self.epochs = epochs
+        self.count = 0
+        self.sums: list[np.ndarray] | None = None
+        #: The weights early stopping kept (its best epoch's), before the average.
+        self.kept: list[np.ndarray] | None = None
+        self.applied = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch < self.first:
+            return
+        weights = [w.astype(np.float64) for w in self.model.get_weights()]
+        self.sums = weights if self.sums is None else [a + w for a, w in zip(self.sums, weights)]
+        self.count += 1
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.sums is None or self.count < self.epochs - self.first:
+            log.info("weight averaging not applied: the phase ended after %d of its epochs",
+                     self.first + self.count)
+            return
+        self.kept = self.model.get_weights()
+        self.model.set_weights(
+            [(s / self.count).astype(w.dtype) for s, w in zip(self.sums, self.kept)]
+        )
+        self.applied = True
+        log.info("weights averaged over the last %d epochs", self.count)
+
+
 def _fit(
     model: keras.Model, train_ds, val_ds, epochs: int, lr: float | Any, hp: HParams, callbacks: list
 ) -> dict[str, list[float]]:
@@ -273,6 +313,7 @@ def train_samples(
     # What is fitted: the model itself, or (fake_classes) its softmax over the kinds.
     fitted = family_head(model) if hp.fake_classes else model
     history: dict[str, list[float]] = {}
+    unaveraged: list[np.ndarray] | None = None
     if hp.head_epochs > 0:
         set_trainable(model, None)
         for k, v in _fit(
@@ -293,13 +334,32 @@ def train_samples(
             lr = keras.optimizers.schedules.CosineDecay(
                 lr, decay_steps=hp.fine_tune_epochs * int(train_ds.cardinality())
             )
-        for k, v in _fit(fitted, train_ds, val_ds, hp.fine_tune_epochs, lr, hp, [stop]).items():
+        callbacks: list = [stop]
+        tail = None
+        if hp.average_last_epochs:
+            tail = TailAverage(hp.average_last_epochs, hp.fine_tune_epochs)
+            callbacks.append(tail)
+        for k, v in _fit(fitted, train_ds, val_ds, hp.fine_tune_epochs, lr, hp, callbacks).items():
             history[f"fine_{k}"] = v
+        if tail is not None and tail.applied:
+            unaveraged = tail.kept
 
     val_scores = predict(model, valid_set.pixels, hp.batch_size)
     from sklearn.metrics import roc_auc_score
 
     val_auc = float(roc_auc_score(valid_set.labels, val_scores))
+    if unaveraged is not None:
+        averaged = fitted.get_weights()
+        fitted.set_weights(unaveraged)
+        plain = predict(model, valid_set.pixels, hp.batch_size)
+        fitted.set_weights(averaged)
+        history["unaveraged_val_auc"] = [float(roc_auc_score(valid_set.labels, plain))]
+        history["averaged_val_auc"] = [val_auc]
+        print(
+            f"validation ROC-AUC without weight averaging {history['unaveraged_val_auc'][0]:.4f}"
+            f", with the last {hp.average_last_epochs} epochs' average {val_auc:.4f}",
+            flush=True,
+        )
     (work_dir / "history.json").write_text(json.dumps(history, indent=2))
     model.save(work_dir / "model.keras")
     wall = time.monotonic() - started
@@ -321,6 +381,7 @@ def train_samples(
         history,
         wall,
         describe_sources(splits),
+        unaveraged,
     )
 
 
