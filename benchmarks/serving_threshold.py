@@ -4,9 +4,11 @@ Run from the repository root, with ../shared present::
 
     python benchmarks/serving_threshold.py MODEL_DIR [--data SOURCE ...]
 
-Export chooses the threshold on the validation images' largest-face crops; serving
-scores every face of an image and keeps the best, so on images with more than one
-face the two can differ by an image or two at a per-source cap. This scores the
+Export used to choose the threshold on the validation images' largest-face crops;
+serving scores every face of an image and keeps the best, so on images with more
+than one face the two could differ by an image or two at a per-source cap. Export
+now calibrates on each image's best face itself (`LoadedSplit.best_face_scores`);
+this is for models exported before that, such as `3a0cc7f5302a`. This scores the
 model's validation split (the card's ``val_fraction`` and ``seed``) through the
 serving class, re-applies the card's rule (`threshold_for_sources`) and rewrites the
 card's threshold, validation metrics, report and plots at it (the crop-based value is

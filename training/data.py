@@ -17,8 +17,9 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -251,12 +252,36 @@ def count_table(splits: dict[str, list[Sample]]) -> str:
 
 @dataclass
 class LoadedSplit:
-    """Decoded pixels for a list of samples; unreadable files are dropped and reported."""
+    """Decoded pixels for a list of samples; unreadable files are dropped and reported.
+
+    With a face stage, ``pixels`` holds each sample's largest face (what training
+    learns from) and ``other_faces`` the crops of its other faces, by sample index,
+    for samples with more than one: serving scores every face and the best one wins
+    (`best_face_scores`)."""
 
     samples: list[Sample]
     pixels: np.ndarray  # (N, H, W, 3) uint8
     labels: np.ndarray  # (N,) int
     failed: list[tuple[Path, str]]
+    other_faces: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def best_face_scores(
+        self, scores: np.ndarray, score: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """Each sample's score as serving gives it: the highest of its faces' scores.
+
+        ``scores`` are the scores of ``pixels``; ``score`` scores a batch of crops.
+        """
+        out = np.array(scores, dtype=np.float64).reshape(-1)
+        if self.other_faces:
+            order = sorted(self.other_faces)
+            others = np.asarray(score(np.concatenate([self.other_faces[i] for i in order])))
+            start = 0
+            for i in order:
+                n = len(self.other_faces[i])
+                out[i] = max(out[i], float(np.max(others[start : start + n])))
+                start += n
+        return out
 
 
 def default_crop_cache() -> Path:
@@ -270,7 +295,9 @@ class _CropCache:
     (path, size, mtime), so a later run with the same contract detects nothing again."""
 
     def __init__(self, root: Path, stage: FaceStage, prep: Preprocessing) -> None:
-        self.folder = Path(root) / f"{stage.digest()}-{prep.height}x{prep.width}-{prep.resample}"
+        # "-faces": every face's crop, largest first (an earlier format kept the largest only).
+        name = f"{stage.digest()}-{prep.height}x{prep.width}-{prep.resample}-faces"
+        self.folder = Path(root) / name
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def _file(self, sample: Sample) -> Path | None:
@@ -318,7 +345,8 @@ def load_pixels(
     """Decode every sample with the serving decoder (threads; Pillow releases the GIL).
 
     With ``face_stage``, each sample becomes the crop of its largest face, cut by the
-    serving code's own face stage; a sample with no face is left out and reported
+    serving code's own face stage, and its other faces' crops are kept aside
+    (`LoadedSplit.other_faces`); a sample with no face is left out and reported
     (reason `NO_FACE_REASON`). Crops are cached under ``cache_dir`` (default
     `default_crop_cache`). Samples in a bucket are read through `deepscreen.storage`
     with ``settings``' S3 endpoint and credentials (default: `Settings.from_env`). A
@@ -340,30 +368,33 @@ def load_pixels(
             if not hasattr(local, "detector"):
                 local.detector = FaceDetector(face_stage, num_threads=1)
             opened = open_for_faces(sample.read_bytes(stores), face_stage, prep)
-            crops, _ = face_inputs(opened.image, local.detector, prep.height)
-            cached = crops[:1]  # the largest face; shape (0, H, W, 3) when there is none
+            # Every face serving would score, largest first; (0, H, W, 3) when none.
+            cached, _ = face_inputs(opened.image, local.detector, prep.height)
             cache.put(sample, cached)
-        return cached[0] if len(cached) else NO_FACE_REASON
+        return cached if len(cached) else NO_FACE_REASON
 
     def one(sample: Sample) -> np.ndarray | str:
+        """(k, H, W, 3) inputs, largest face first, or why there are none."""
         try:
             if face_stage is not None:
                 return face_crop(sample)
-            return decode_image(sample.read_bytes(stores), prep).pixels
+            return decode_image(sample.read_bytes(stores), prep).pixels[np.newaxis]
         # A bad or vanished file must not stop a training run; transient store errors do.
         except (OSError, ImageError, PermanentError) as exc:
             return f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, samples))
-    kept, arrays, failed = [], [], []
+    kept, arrays, failed, others = [], [], [], {}
     for sample, res in zip(samples, results):
         if isinstance(res, str):
             failed.append((sample.path, res))
             log.warning("skipping %s: %s", sample.path, res)
         else:
+            if len(res) > 1:
+                others[len(kept)] = res[1:]
             kept.append(sample)
-            arrays.append(res)
+            arrays.append(res[0])
     pixels = np.stack(arrays) if arrays else np.zeros((0, prep.height, prep.width, 3), np.uint8)
     labels = np.array([s.label for s in kept], dtype=np.int64)
-    return LoadedSplit(kept, pixels, labels, failed)
+    return LoadedSplit(kept, pixels, labels, failed, others)

@@ -217,7 +217,55 @@ def test_face_crops_of_shared_images_match_the_serving_crops(tmp_path: Path) -> 
     assert len(loaded.samples) >= len(samples) - 1
     assert np.array_equal(loaded.pixels, again.pixels)
     detector = FaceDetector(stage)
-    for sample, pixels in zip(loaded.samples, loaded.pixels, strict=True):
+    for i, (sample, pixels) in enumerate(zip(loaded.samples, loaded.pixels, strict=True)):
         opened = open_rgb(sample.path.read_bytes(), draft_side=stage.decode_side)
         crops, _ = face_inputs(opened.image, detector, 96)
         assert np.array_equal(crops[0], pixels), sample.path
+        others = loaded.other_faces.get(i, np.zeros((0, 96, 96, 3), np.uint8))
+        assert np.array_equal(crops[1:], others), sample.path
+
+
+def _brightness(pixels: np.ndarray) -> np.ndarray:
+    """A stand-in model: each crop's mean brightness in [0, 1]."""
+    return pixels.reshape(len(pixels), -1).mean(axis=1) / 255
+
+
+@requires_shared
+def test_an_image_with_two_faces_keeps_both_and_scores_its_best(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from deepscreen.faces import FaceStage
+
+    # Given one image made of two shared face photos side by side, the left one larger
+    photos = read_source(str(SHARED_DATA))
+    faces = [s.path for s in photos if s.source == "ffhq-stylegan" and s.label == 0][:2]
+    left = Image.open(faces[0]).convert("RGB").resize((256, 256))
+    right = Image.open(faces[1]).convert("RGB").resize((160, 160))
+    canvas = Image.new("RGB", (448, 256), (128, 128, 128))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (280, 48))
+    (tmp_path / "tree" / "real").mkdir(parents=True)
+    canvas.save(tmp_path / "tree" / "real" / "pair.png")
+    # When it is loaded through the face stage
+    loaded = load_pixels(
+        read_tree(tmp_path / "tree"), Preprocessing(height=96, width=96),
+        face_stage=FaceStage(), cache_dir=tmp_path / "cache",
+    )
+    # Then training gets the larger face, and the other is kept for scoring
+    assert loaded.pixels.shape == (1, 96, 96, 3)
+    assert list(loaded.other_faces) == [0] and loaded.other_faces[0].shape == (1, 96, 96, 3)
+    # ... and the image scores as serving scores it: its best face's score
+    best = loaded.best_face_scores(_brightness(loaded.pixels), _brightness)
+    expected = max(_brightness(loaded.pixels)[0], _brightness(loaded.other_faces[0])[0])
+    assert best.tolist() == [pytest.approx(expected)]
+
+
+def test_best_face_scores_take_each_images_highest_face() -> None:
+    from training.data import LoadedSplit
+
+    crops = np.zeros((3, 4, 4, 3), np.uint8)
+    extra = {1: np.full((2, 4, 4, 3), 200, np.uint8), 2: np.full((1, 4, 4, 3), 10, np.uint8)}
+    split = LoadedSplit([], crops, np.zeros(3, np.int64), [], extra)
+    out = split.best_face_scores(np.array([0.5, 0.1, 0.9]), _brightness)
+    # Image 0 has one face; image 1's other faces score higher; image 2's lower.
+    np.testing.assert_allclose(out, [0.5, 200 / 255, 0.9])
