@@ -210,6 +210,12 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, help="write report.md, metrics.json and plots here")
     p.add_argument("--threads", type=int, help="LiteRT threads")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="also record the figures in the model's card (metrics.serving_validation "
+        "for the valid split, metrics.serving_<split> otherwise), with this command",
+    )
     p.set_defaults(func=run_evaluate)
 
 
@@ -259,9 +265,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
             markdown_report(ev, f"Evaluation of {clf.version[:12]}")
         )
         print(f"report written to {args.out}")
+    if args.record:
+        _record_in_card(clf.model_dir, args, metrics)
     for path, reason in scored.failed:
         print(f"not scored {path}: {reason}")
     return 0
+
+
+def _record_in_card(model_dir: Path, args: argparse.Namespace, metrics: dict) -> None:
+    """Write ``metrics`` into the model's card, saying how they were measured. The card
+    is not part of the model's version (the ``.tflite``'s sha256), which stays."""
+    from deepscreen.inference import CARD_FILE
+
+    key = "serving_validation" if args.split == "valid" else f"serving_{args.split}"
+    data = " ".join(f"--data {spec}" for spec in args.data)
+    how = (
+        f"deepscreen evaluate {data} --split {args.split}: the image files through the "
+        "serving class (face stage, best face wins), at the card's threshold"
+    )
+    path = model_dir / CARD_FILE
+    card = json.loads(path.read_text())
+    card.setdefault("metrics", {})[key] = {**metrics, "how": how}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"recorded in {path} as metrics.{key}")
 
 
 def register_export(subparsers: argparse._SubParsersAction) -> None:

@@ -127,6 +127,26 @@ def test_evaluate_and_export_commands(
     assert "report written" in capsys.readouterr().out
 
 
+def test_evaluate_record_writes_the_figures_into_the_card(
+    trained: Path, synthetic_tree: Path, tmp_path: Path
+) -> None:
+    # Given a copy of an exported model
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    before = json.loads((model / "model_card.json").read_text())
+    # When it is evaluated with --record
+    args = ["--data", f"tree:{synthetic_tree}", "--model", str(model), *_args(TINY)]
+    assert main(["evaluate", *args, "--out", str(tmp_path / "eval"), "--record"]) == 0
+    # Then its card holds the same figures, says how they were made, and still loads
+    card = json.loads((model / "model_card.json").read_text())
+    recorded = card["metrics"]["serving_validation"]
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {k: v for k, v in recorded.items() if k != "how"} == written
+    assert recorded["how"].startswith(f"deepscreen evaluate --data tree:{synthetic_tree}")
+    assert card["metrics"]["validation"] == before["metrics"]["validation"]
+    assert Classifier(model).version == before["version"]
+
+
 def test_float16_export_halves_the_file(
     trained: Path, synthetic_tree: Path, tmp_path: Path
 ) -> None:
