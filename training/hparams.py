@@ -80,8 +80,10 @@ class HParams:
     #: Early stopping on validation ROC-AUC (phase 2), best weights restored.
     early_stopping_patience: int = 3
     #: Average the weights at the end of the last N phase-2 epochs (all of them when
-    #: fewer): stochastic weight averaging over the cosine schedule's tail. 0: keep the
-    #: last epoch's. Not applied when early stopping ends the phase first.
+    #: fewer): stochastic weight averaging over the cosine schedule's tail, kept in
+    #: place of early stopping's best epoch. 0: keep early stopping's. When early
+    #: stopping ends the phase inside the tail, the tail's epochs that ran are averaged
+    #: (two at least).
     average_last_epochs: int = 0
     seed: int = 1337
 

@@ -191,14 +191,14 @@ def family_targets(samples: list[Sample], names: list[str], classes: int) -> np.
 class TailAverage(keras.callbacks.Callback):
     """Stochastic weight averaging over a schedule's tail: the mean of the model's
     weights (batch-norm statistics included) at the end of each of the last ``n``
-    of ``epochs`` epochs, set on the model when the phase ends, after early stopping
-    has restored its best epoch's weights. Not applied when training stopped early
-    (early stopping's restored weights stand)."""
+    of ``epochs`` epochs, set on the model when the phase ends, in place of the
+    weights early stopping restored. When early stopping ends the phase inside the
+    tail, the tail's epochs that ran are averaged; with fewer than two of them,
+    nothing is (early stopping's weights stand)."""
 
     def __init__(self, n: int, epochs: int) -> None:
         super().__init__()
         self.first = max(0, epochs - n)
-        self.epochs = epochs
         self.count = 0
         self.sums: list[np.ndarray] | None = None
         #: The weights early stopping kept (its best epoch's), before the average.
@@ -213,9 +213,8 @@ class TailAverage(keras.callbacks.Callback):
         self.count += 1
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.sums is None or self.count < self.epochs - self.first:
-            log.info("weight averaging not applied: the phase ended after %d of its epochs",
-                     self.first + self.count)
+        if self.sums is None or self.count < 2:
+            log.info("weight averaging not applied: %d epoch(s) of the tail ran", self.count)
             return
         self.kept = self.model.get_weights()
         self.model.set_weights(

@@ -62,9 +62,17 @@ def test_the_tail_average_is_the_mean_of_the_last_epochs_weights() -> None:
     assert not np.allclose(seen.weights[2][0], seen.weights[3][0])  # the epochs differed
 
 
-def test_an_early_stopped_phase_keeps_its_own_weights() -> None:
+def test_a_phase_stopped_inside_the_tail_averages_the_tails_epochs_that_ran() -> None:
+    seen, tail = _Snapshots(), TailAverage(3, 5)
+    model = _fit(5, seen, _StopAfter(4), tail)  # epochs 3 and 4 of the tail ran
+    assert tail.applied and len(seen.weights) == 4
+    for got, a, b in zip(model.get_weights(), seen.weights[2], seen.weights[3], strict=True):
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_a_phase_stopped_before_two_tail_epochs_keeps_its_own_weights() -> None:
     seen, tail = _Snapshots(), TailAverage(2, 4)
-    model = _fit(4, seen, _StopAfter(3), tail)
+    model = _fit(4, seen, _StopAfter(3), tail)  # one epoch of the tail ran
     assert not tail.applied and tail.kept is None
     for got, last in zip(model.get_weights(), seen.weights[-1], strict=True):
         np.testing.assert_array_equal(got, last)
