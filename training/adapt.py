@@ -172,7 +172,7 @@ def adapt_hparams(parent: HParams, opts: AdaptOptions, overrides: dict[str, Any]
             "fine_tune_from": opts.fine_tune_from,
             "freeze_batchnorm": opts.freeze_batchnorm,
             "early_stopping_patience": max(2, opts.epochs // 2),
-            # Measured with the last epoch's weights (README, issue 13's runs).
+            # Issue 13's runs were measured without weight averaging (README).
             "average_last_epochs": 0,
             **overrides,
         }
