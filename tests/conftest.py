@@ -27,12 +27,6 @@ from sqlalchemy.orm import Session
 from deepscreen.config import Settings
 from deepscreen.seaweedfs import LocalSeaweedFS, SeaweedFSUnavailable
 
-# TensorFlow's kernels reduce in a thread-dependent order unless told not to, so the
-# same seeded tiny training could land on either side of a test's bar from run to
-# run (adapt's recall on a new kind: 0.62 once, >= 0.8 in the others). Set before any
-# test imports TensorFlow, and inherited by the training subprocesses tests start.
-os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-
 #: Maintenance database of the test PostgreSQL server (trust auth on loopback here).
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
