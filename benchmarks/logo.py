@@ -42,7 +42,7 @@ from training.data import Sample, load_pixels, read_source, split_samples
 from training.evaluate import FAKE_FAMILY_NAMES, fpr_per_real_source, threshold_for_sources
 from training.export import export
 from training.hparams import HParams, load_hparams
-from training.model import build_model, family_head, set_score_weights
+from training.model import build_model, fitted_part, set_score_weights
 from training.train import (
     exclude,
     face_stage_for,
@@ -112,8 +112,7 @@ def one_run(
     row["train_s"] = round(seconds)
     if result is not None and result.unaveraged_weights is not None:
         # The same run without the tail's weight average: a paired comparison.
-        fitted = family_head(model) if hp.fake_classes else model
-        fitted.set_weights(result.unaveraged_weights)
+        fitted_part(model, hp).set_weights(result.unaveraged_weights)
         plain = score_row(model, hp, valid, predict(model, valid.pixels, hp.batch_size),
                           family, loaded.pixels)
         row["unaveraged"] = plain

@@ -128,6 +128,11 @@ def family_head(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.get_layer(FAMILY_LAYER).output)
 
 
+def fitted_part(model: keras.Model, hp: HParams) -> keras.Model:
+    """What training fits: the model itself, or (fake_classes) its softmax over the kinds."""
+    return family_head(model) if hp.fake_classes else model
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
 

@@ -34,7 +34,7 @@ from training.data import (
 from training.hparams import HParams
 from training.model import (
     build_model,
-    family_head,
+    fitted_part,
     make_dataset,
     seed_new_classes,
     set_score_weights,
@@ -309,8 +309,7 @@ def train_samples(
         set_score_weights(model, hp)  # the file carries its own recipe's score weights
         if hp.fake_classes:
             seed_new_classes(model, known, len(names))
-    # What is fitted: the model itself, or (fake_classes) its softmax over the kinds.
-    fitted = family_head(model) if hp.fake_classes else model
+    fitted = fitted_part(model, hp)
     history: dict[str, list[float]] = {}
     unaveraged: list[np.ndarray] | None = None
     if hp.head_epochs > 0:
