@@ -56,6 +56,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "DEEPSCREEN_S3_CONNECT_TIMEOUT": "1.5",
         "DEEPSCREEN_S3_READ_TIMEOUT": "9",
         "DEEPSCREEN_S3_MAX_ATTEMPTS": "1",
+        "DEEPSCREEN_S3_LEAN_GET": "false",
         "DEEPSCREEN_URL_EXPIRES": "60",
         "DEEPSCREEN_MODEL_DIR": str(tmp_path / "model"),
         "DEEPSCREEN_CLASSIFY_BATCH_SIZE": "32",

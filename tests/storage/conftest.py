@@ -25,12 +25,15 @@ def s3_bucket(s3_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield name
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-boto3-get"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
-    """An empty store of each kind."""
+    """An empty store of each kind; S3 with its lean GETs and with boto3's."""
     if request.param == "local":
         root = tmp_path / "store root"  # a space: URLs and paths must cope
         root.mkdir()
         return LocalStore(root)
     bucket = request.getfixturevalue("s3_bucket")
+    if request.param == "s3-boto3-get":
+        seaweedfs = request.getfixturevalue("seaweedfs")
+        return S3Store(bucket, make_s3_client(seaweedfs.settings(s3_lean_get=False)), page_size=2)
     return S3Store(bucket, request.getfixturevalue("s3_client"), page_size=2)
