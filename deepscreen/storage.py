@@ -5,6 +5,9 @@ only deepscreen errors: `BucketNotFound`, `ObjectNotFound`, `StorageAccessDenied
 `InvalidKey` and `StorageRequestRejected` are permanent; `StorageUnavailable`
 (unreachable endpoint, timeouts, throttling, 5xx) is transient. A GET over its
 size cap raises `OversizedImage`, so the image is recorded as failed, not retried.
+
+S3 goes through boto3, except `S3Store.get` on a client from `make_s3_client`: the
+worker's one call per image, sent by `LeanGetter` (one signed urllib3 request).
 """
 
 from __future__ import annotations
