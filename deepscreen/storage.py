@@ -227,7 +227,7 @@ class LeanGetter:
         endpoint_url: str,
         region: str,
         addressing: str,
-        credentials: Any,
+        credentials: Credentials | None,
         connect_timeout: float,
         read_timeout: float,
         max_attempts: int,
@@ -242,7 +242,8 @@ class LeanGetter:
         self._base_path = parts.path
         self._region = region
         self._virtual = addressing == "virtual"
-        self._credentials = credentials
+        self._credentials: Any = credentials
+        self._look_up_credentials = credentials is None
         self._max_attempts = max(1, max_attempts)
         self._http = urllib3.PoolManager(
             maxsize=LEAN_POOL_SIZE,
@@ -253,15 +254,14 @@ class LeanGetter:
     @classmethod
     def from_settings(cls, settings: Settings) -> LeanGetter | None:
         """The getter for ``settings``, or None where boto3 must decide (``auto``
-        addressing, or no credentials found: boto3 then raises its own error)."""
+        addressing, or only one of the two keys: boto3 then raises its own error)."""
         if settings.s3_addressing not in ("path", "virtual"):
             return None
-        if settings.s3_access_key_id and settings.s3_secret_access_key:
-            credentials: Any = Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
-        else:
-            credentials = boto3.session.Session().get_credentials()  # the default chain
-            if credentials is None:
-                return None
+        key, secret = settings.s3_access_key_id, settings.s3_secret_access_key
+        if bool(key) != bool(secret):
+            return None
+        # No keys: boto3's default chain, looked up at the first GET, as boto3 does.
+        credentials = Credentials(key, secret) if key and secret else None
         endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
         return cls(
             endpoint_url=endpoint,
@@ -280,8 +280,13 @@ class LeanGetter:
         return f"{self._scheme}://{self._host}{self._base_path}/{bucket}/{path}"
 
     def get(self, bucket: str, key: str, max_bytes: int | None = None) -> bytes | None:
-        """The object's bytes; None when S3 redirects (let boto3 follow it).
-        Raises deepscreen storage errors only."""
+        """The object's bytes; None when S3 redirects or no credentials are found (let
+        boto3 follow it, or raise its own error). Raises deepscreen storage errors only."""
+        if self._look_up_credentials:
+            self._credentials = boto3.session.Session().get_credentials()
+            self._look_up_credentials = False
+        if self._credentials is None:
+            return None
         url = self.url(bucket, key)
         where = f"s3://{bucket}/{key}"
         for attempt in range(1, self._max_attempts + 1):

@@ -320,3 +320,40 @@ def test_lean_get_reuses_its_connections(seaweedfs: S3Service, s3_bucket: str) -
             store.get("a.jpg", max_bytes=10)
         # Then every GET after them still reads the whole, right body
         assert store.get("a.jpg") == b"a" * 5000
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-get", "boto3-get"])
+def test_keys_from_the_default_chain(
+    seaweedfs: S3Service, s3_bucket: str, lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no keys in the settings, and the right ones where boto3's chain looks
+    S3Store(s3_bucket, make_s3_client(seaweedfs.settings())).put("chain.jpg", b"chain")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_access_key)
+    settings = seaweedfs.settings(
+        s3_access_key_id=None, s3_secret_access_key=None, s3_lean_get=lean
+    )
+    # When an object is fetched, Then the request is signed with them
+    assert S3Store(s3_bucket, make_s3_client(settings)).get("chain.jpg") == b"chain"
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-get", "boto3-get"])
+def test_no_keys_anywhere_is_access_denied(
+    seaweedfs: S3Service,
+    s3_bucket: str,
+    lean: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given no keys in the settings nor anywhere boto3's chain looks
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    settings = seaweedfs.settings(
+        s3_access_key_id=None, s3_secret_access_key=None, s3_lean_get=lean
+    )
+    # When an object is fetched, Then it is a permanent access error, not a crash
+    with pytest.raises(StorageAccessDenied):
+        S3Store(s3_bucket, make_s3_client(settings)).get("any.jpg")
