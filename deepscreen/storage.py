@@ -289,15 +289,13 @@ class LeanGetter:
             return None
         url = self.url(bucket, key)
         where = f"s3://{bucket}/{key}"
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in range(1, self._max_attempts):
             try:
                 return self._get_once(url, where, max_bytes)
             except StorageUnavailable as exc:
-                if attempt == self._max_attempts:
-                    raise
                 scale = 1.0 if isinstance(exc, _Throttled) else 0.05
                 time.sleep(random.random() * min(scale * 2 ** (attempt - 1), 20.0))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._get_once(url, where, max_bytes)  # the last attempt raises what it meets
 
     def _get_once(self, url: str, where: str, max_bytes: int | None) -> bytes | None:
         # Ask for the object's stored checksum, as boto3 does, to check the body with it.
@@ -323,13 +321,7 @@ class LeanGetter:
                 drained = len(body) < _ERROR_BODY_CAP
                 raise _lean_error(response.status, body, where)
             length = response.headers.get("Content-Length")
-            if max_bytes is not None and length is not None and int(length) > max_bytes:
-                raise OversizedImage(f"{length} bytes is over the limit of {max_bytes}")
-            # One byte past the cap: a wrong or absent Content-Length still cannot make
-            # us buffer an unbounded body.
-            data: bytes = response.read() if max_bytes is None else response.read(max_bytes + 1)
-            if max_bytes is not None and len(data) > max_bytes:
-                raise OversizedImage(f"more than {max_bytes} bytes")
+            data = _read_capped(response.read, None if length is None else int(length), max_bytes)
             drained = True
             _check_crc32(response.headers.get("x-amz-checksum-crc32"), data, where)
             return data
@@ -362,6 +354,20 @@ def _lean_error(status: int, body: bytes, where: str) -> StorageError:
     if code in _THROTTLING_CODES or status == 429:
         return _Throttled(text)
     return classify_s3_error(code, status, text, has_key=True)
+
+
+def _read_capped(read: Any, length: int | None, max_bytes: int | None) -> bytes:
+    """The body from ``read(n)``/``read()``, or `OversizedImage` when its announced
+    ``length`` or its bytes pass ``max_bytes``. Reads one byte past the cap: a wrong or
+    absent Content-Length still cannot make us buffer an unbounded body."""
+    if max_bytes is None:
+        return bytes(read())
+    if length is not None and length > max_bytes:
+        raise OversizedImage(f"{length} bytes is over the limit of {max_bytes}")
+    data = bytes(read(max_bytes + 1))
+    if len(data) > max_bytes:
+        raise OversizedImage(f"more than {max_bytes} bytes")
+    return data
 
 
 def _check_crc32(header: str | None, data: bytes, where: str) -> None:
@@ -428,17 +434,9 @@ class S3Store:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             body = response["Body"]
             try:
-                length = response.get("ContentLength")
-                if max_bytes is not None and length is not None and length > max_bytes:
-                    raise OversizedImage(f"{length} bytes is over the limit of {max_bytes}")
-                # Read one byte past the cap: a wrong or absent Content-Length
-                # still cannot make us buffer an unbounded body.
-                data: bytes = body.read() if max_bytes is None else body.read(max_bytes + 1)
+                return _read_capped(body.read, response.get("ContentLength"), max_bytes)
             finally:
                 body.close()
-        if max_bytes is not None and len(data) > max_bytes:
-            raise OversizedImage(f"more than {max_bytes} bytes")
-        return data
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
         _check_key(key)
@@ -598,16 +596,10 @@ class LocalStore:
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
         try:
-            with path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if max_bytes is not None and size > max_bytes:
-                    raise OversizedImage(f"{size} bytes is over the limit of {max_bytes}")
-                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+            with path.open("rb") as fh:  # the cap holds if the file grew since its size
+                return _read_capped(fh.read, os.fstat(fh.fileno()).st_size, max_bytes)
         except OSError as exc:
             raise self._os_error(exc, key) from exc
-        if max_bytes is not None and len(data) > max_bytes:
-            raise OversizedImage(f"more than {max_bytes} bytes")  # grew while read
-        return data
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
         """Write atomically (temporary file + rename). ``content_type`` is not kept."""

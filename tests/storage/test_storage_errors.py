@@ -137,17 +137,14 @@ class _ErrorServer(BaseHTTPRequestHandler):
     true CRC32 (``crc``), a wrong one (``badcrc``), or a Content-Length ten bytes more
     than it sends before closing the connection (``short``)."""
 
-    #: Paths requested so far, across all instances.
-    requests: ClassVar[list[str]] = []
     #: (path, User-Agent) of every request, across all instances.
     agents: ClassVar[list[tuple[str, str]]] = []
 
     def _answer(self) -> None:
-        self.requests.append(self.path)
         self.agents.append((self.path, self.headers.get("User-Agent", "")))
-        status, code = self.path.lstrip("/").split("/")[0].split("-")[:2]
+        status, code, *rest = self.path.lstrip("/").split("/")[0].split("-")
         if status == "200":
-            self._ok(code.encode(), self.path.lstrip("/").split("/")[0].split("-")[2])
+            self._ok(code.encode(), rest[0])
             return
         body = (
             f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>test</Message></Error>"
@@ -181,6 +178,21 @@ class _ErrorServer(BaseHTTPRequestHandler):
         pass
 
 
+def _error_store(error_endpoint: str, bucket: str, *, lean: bool, attempts: int = 1) -> S3Store:
+    settings = Settings(
+        s3_lean_get=lean,
+        s3_endpoint_url=error_endpoint,
+        s3_access_key_id="key",
+        s3_secret_access_key="secret",
+        s3_max_attempts=attempts,
+    )
+    return S3Store(bucket, make_s3_client(settings))
+
+
+def _agents(bucket: str) -> list[str]:
+    return [agent for path, agent in _ErrorServer.agents if path.startswith(f"/{bucket}/")]
+
+
 @pytest.fixture(scope="module")
 def error_endpoint() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ErrorServer)
@@ -207,16 +219,8 @@ def error_endpoint() -> Iterator[str]:
 def test_http_errors_are_classified(
     error_endpoint: str, bucket: str, error: type, lean: bool
 ) -> None:
-    settings = Settings(
-        s3_lean_get=lean,
-        s3_endpoint_url=error_endpoint,
-        s3_access_key_id="key",
-        s3_secret_access_key="secret",
-        s3_max_attempts=1,
-    )
-    store = S3Store(bucket, make_s3_client(settings))
     with pytest.raises(error):
-        store.get("key.jpg")
+        _error_store(error_endpoint, bucket, lean=lean).get("key.jpg")
 
 
 # ------------------------------------------------------------------- local
@@ -237,34 +241,13 @@ def test_s3_max_attempts_counts_every_request(
     error_endpoint: str, attempts: int, lean: bool
 ) -> None:
     # Given a store allowed `attempts` tries per call and an endpoint that is always busy
-    settings = Settings(
-        s3_lean_get=lean,
-        s3_endpoint_url=error_endpoint,
-        s3_access_key_id="key",
-        s3_secret_access_key="secret",
-        s3_max_attempts=attempts,
-    )
     bucket = f"503-SlowDown-{secrets.token_hex(4)}"
+    store = _error_store(error_endpoint, bucket, lean=lean, attempts=attempts)
     # When one GET fails
     with pytest.raises(StorageUnavailable):
-        S3Store(bucket, make_s3_client(settings)).get("key.jpg")
+        store.get("key.jpg")
     # Then the endpoint saw exactly that many requests
-    assert sum(path.startswith(f"/{bucket}/") for path in _ErrorServer.requests) == attempts
-
-
-def _error_store(error_endpoint: str, bucket: str, *, lean: bool, attempts: int = 1) -> S3Store:
-    settings = Settings(
-        s3_lean_get=lean,
-        s3_endpoint_url=error_endpoint,
-        s3_access_key_id="key",
-        s3_secret_access_key="secret",
-        s3_max_attempts=attempts,
-    )
-    return S3Store(bucket, make_s3_client(settings))
-
-
-def _agents(bucket: str) -> list[str]:
-    return [agent for path, agent in _ErrorServer.agents if path.startswith(f"/{bucket}/")]
+    assert len(_agents(bucket)) == attempts
 
 
 @pytest.mark.parametrize(("lean", "agent"), [(True, "python-urllib3"), (False, "Boto3")])
