@@ -88,12 +88,17 @@ def test_training_reports_both_the_averaged_and_the_unaveraged_model(
     synthetic_tree: Path, tmp_path: Path
 ) -> None:
     overrides = dict(p.split("=", 1) for p in TINY)
-    overrides.update(fine_tune_epochs="4", average_last_epochs="3", min_val_auc="0.5")
+    # No quality gate: what is tested is the reporting, and an average over a tiny
+    # model's first, unsettled epochs can score below chance (it did on CI's machine).
+    overrides.update(fine_tune_epochs="4", average_last_epochs="3", min_val_auc="0")
     hp = load_hparams(None, overrides)
     result = train_samples(read_tree(synthetic_tree), hp, tmp_path)
     assert result.unaveraged_weights is not None
     assert result.history["averaged_val_auc"] == [pytest.approx(result.val_auc)]
-    assert 0.5 <= result.history["unaveraged_val_auc"][0] <= 1.0
+    # The unaveraged model is early stopping's best epoch: its ROC-AUC is that epoch's
+    # (Keras' AUC interpolates over 200 thresholds, hence the tolerance).
+    best = max(result.history["fine_val_auc"])
+    assert result.history["unaveraged_val_auc"][0] == pytest.approx(best, abs=0.02)
     # The returned model carries the average, not the weights early stopping kept
     # (the weights of what was fitted: the softmax over real and each kind of fake).
     fitted = family_head(result.model).get_weights()
