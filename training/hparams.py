@@ -35,6 +35,15 @@ class HParams:
     face_min_crop_side: int = 224
     #: MobileNetV2 width multiplier.
     alpha: float = 1.0
+    #: 0: the backbone sees the pixels. k > 0: it sees k times each pixel minus the
+    #: mean of its 2x2 block, a layer inside the model (a local residual after Tan et
+    #: al.'s NPR, CVPR 2024): the traces up-sampling leaves between neighbouring pixels,
+    #: without the image's content. Needs an even image_size.
+    input_residual: float = 0.0
+    #: With input_residual: give the backbone the pixels and the residual, mixed by a
+    #: trained 1x1 convolution that starts as the pixels alone (the residual weighted 0),
+    #: so training begins from the ImageNet features and adds the residual as it helps.
+    input_residual_mix: bool = False
     #: "imagenet" (Keras download), "none", or a path to a backbone `.weights.h5`.
     weights: str = "imagenet"
     #: Keep BatchNorm in inference mode with its ImageNet statistics while fine-tuning.
@@ -143,6 +152,10 @@ class HParams:
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
         if self.average_last_epochs < 0:
             raise ValueError("average_last_epochs must be >= 0")
+        if self.input_residual < 0:
+            raise ValueError("input_residual must be >= 0")
+        if self.input_residual and self.image_size % 2:
+            raise ValueError("input_residual needs an even image_size")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
         if not 0 < self.crop_min_scale <= 1:

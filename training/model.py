@@ -34,6 +34,9 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
     size = hp.image_size
     inputs = keras.Input((size, size, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="mobilenet_scaling")(inputs)
+    if hp.input_residual:
+        residual = _local_residual(x, hp.input_residual)
+        x = _mix(x, residual) if hp.input_residual_mix else residual
     backbone = keras.applications.MobileNetV2(
         input_shape=(size, size, 3),
         alpha=hp.alpha,
@@ -67,6 +70,31 @@ def build_model(hp: HParams, weights: str | None = None) -> keras.Model:
         return _family_model(inputs, x, hp)
     outputs = keras.layers.Dense(1, activation="sigmoid", name=SCORE_LAYER, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="deepscreen_mobilenetv2")
+
+
+def _local_residual(x, scale: float):
+    """``scale`` times ``x`` minus the mean of each pixel's 2x2 block: built-in layers
+    only, so the .keras file loads without custom objects and LiteRT runs it."""
+    block_mean = keras.layers.UpSampling2D(2, interpolation="nearest", name="residual_up")(
+        keras.layers.AveragePooling2D(2, name="residual_down")(x)
+    )
+    residual = keras.layers.Subtract(name="residual")([x, block_mean])
+    return keras.layers.Rescaling(scale, name="residual_scaling")(residual)
+
+
+def _mix(pixels, residual):
+    """A 1x1 convolution of pixels and residual to three channels, the identity on the
+    pixels and 0 on the residual at first."""
+    kernel = np.zeros((1, 1, 6, 3), dtype="float32")
+    kernel[0, 0, [0, 1, 2], [0, 1, 2]] = 1.0
+    both = keras.layers.Concatenate(name="residual_and_pixels")([pixels, residual])
+    return keras.layers.Conv2D(
+        3,
+        1,
+        use_bias=False,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        name="residual_mix",
+    )(both)
 
 
 def _family_model(inputs, features, hp: HParams) -> keras.Model:
@@ -249,7 +277,9 @@ def make_augmenter(hp: HParams):
             img = _to_uint8(f * 255.0)
         if hp.jpeg_probability > 0:
             quality = tf.random.uniform([], hp.jpeg_quality_min, hp.jpeg_quality_max + 1, tf.int32)
-            img = maybe(hp.jpeg_probability, lambda x: tf.image.adjust_jpeg_quality(x, quality), img)
+            img = maybe(
+                hp.jpeg_probability, lambda x: tf.image.adjust_jpeg_quality(x, quality), img
+            )
         return tf.ensure_shape(img, [size, size, 3])
 
     return augment
