@@ -156,6 +156,8 @@ class HParams:
             raise ValueError("input_residual must be >= 0")
         if self.input_residual and self.image_size % 2:
             raise ValueError("input_residual needs an even image_size")
+        if self.input_residual_mix and not self.input_residual:
+            raise ValueError("input_residual_mix needs input_residual > 0")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
         if not 0 < self.crop_min_scale <= 1:

@@ -57,6 +57,8 @@ def test_bad_values_are_refused() -> None:
         HParams(input_residual=-1)
     with pytest.raises(ValueError, match="even image_size"):
         HParams(input_residual=8, image_size=223)
+    with pytest.raises(ValueError, match="input_residual_mix needs"):
+        HParams(input_residual_mix=True)
 
 
 def test_the_model_round_trips_through_a_keras_file_and_a_float16_tflite(tmp_path: Path) -> None:
