@@ -12,6 +12,22 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet.weights.h5"
 
+
+def tflite_scores(model_content: bytes, pixels: np.ndarray) -> np.ndarray:
+    """The first output of a one-output TFLite model for each image, one at a time."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_content)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scores = []
+    for image in pixels:
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        scores.append(interpreter.get_tensor(out["index"])[0, 0])
+    return np.array(scores)
+
+
 requires_shared = pytest.mark.skipif(
     not (SHARED_DATA / "MANIFEST.csv").is_file(),
     reason=f"../shared/data is absent ({SHARED_DATA}); it ships with the project's CI, not with a clone",

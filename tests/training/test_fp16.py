@@ -9,6 +9,8 @@ import pytest
 from training.export import convert
 from training.fp16 import fold_and_round
 
+from .conftest import tflite_scores
+
 
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
@@ -58,16 +60,7 @@ def test_folding_keeps_the_outputs_and_every_weight_is_a_float16(model: keras.Mo
 
 
 def test_a_float16_export_of_the_folded_model_matches_it_exactly(model: keras.Model) -> None:
-    from ai_edge_litert.interpreter import Interpreter
-
     x = np.random.default_rng(2).uniform(-1, 1, (8, 16, 16, 3)).astype("float32")
     folded = fold_and_round(model)
-    interpreter = Interpreter(model_content=convert(folded, "float16"))
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    tflite = []
-    for image in x:
-        interpreter.set_tensor(inp["index"], image[None])
-        interpreter.invoke()
-        tflite.append(interpreter.get_tensor(out["index"])[0, 0])
-    assert np.max(np.abs(np.array(tflite) - folded.predict(x, verbose=0)[:, 0])) < 1e-4
+    tflite = tflite_scores(convert(folded, "float16"), x)
+    assert np.max(np.abs(tflite - folded.predict(x, verbose=0)[:, 0])) < 1e-4

@@ -13,6 +13,8 @@ from training.fp16 import fold_and_round
 from training.hparams import HParams
 from training.model import build_model
 
+from .conftest import tflite_scores
+
 SIZE = 32
 
 
@@ -62,8 +64,6 @@ def test_bad_values_are_refused() -> None:
 
 
 def test_the_model_round_trips_through_a_keras_file_and_a_float16_tflite(tmp_path: Path) -> None:
-    from ai_edge_litert.interpreter import Interpreter
-
     model = _model(8.0)
     pixels = np.random.default_rng(2).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
     expected = model.predict(pixels, verbose=0)[:, 0]
@@ -72,14 +72,7 @@ def test_the_model_round_trips_through_a_keras_file_and_a_float16_tflite(tmp_pat
     loaded = keras.models.load_model(tmp_path / "model.keras")  # built-in layers only
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0)[:, 0], expected, atol=1e-6)
 
-    interpreter = Interpreter(model_content=convert(fold_and_round(model), "float16"))
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scores = []
-    for image in pixels:
-        interpreter.set_tensor(inp["index"], image[None])
-        interpreter.invoke()
-        scores.append(interpreter.get_tensor(out["index"])[0, 0])
+    scores = tflite_scores(convert(fold_and_round(model), "float16"), pixels)
     np.testing.assert_allclose(scores, expected, atol=0.01)
 
 
