@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from deepscreen.config import Settings
 from deepscreen.errors import DeepscreenError
@@ -273,6 +274,8 @@ def train_samples(
     """
     started = time.monotonic()
     keras.utils.set_random_seed(hp.seed)
+    if hp.deterministic:
+        tf.config.experimental.enable_op_determinism()
     work_dir.mkdir(parents=True, exist_ok=True)
     splits = split_samples(exclude(samples, hp.exclude_sources), hp.val_fraction, hp.seed)
     log.info("samples per split, source and label:\n%s", count_table(splits))
