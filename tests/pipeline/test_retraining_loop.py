@@ -16,7 +16,7 @@ serves the old model again.
 from __future__ import annotations
 
 import io
-import secrets
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -60,8 +60,10 @@ CLASSIFY_DEADLINE = 300
 TRAIN_DEADLINE = 900
 #: Longer than the classify worker's registry check interval (worker.serving).
 SETTLE = 1.5
-#: Images per class in each bucket the worker classifies.
-PER_CLASS = 12
+#: Images per class in each bucket the worker classifies. At 12 (about a dozen flags, two
+#: of them held out for early stopping) the retrained model's accuracy on new traffic was
+#: 0.62-1.00 over eight runs on one machine, and the gate refused one run.
+PER_CLASS = 24
 
 
 def _png(fake: bool, rng: np.random.Generator) -> bytes:
@@ -113,7 +115,10 @@ def test_flags_retrain_promote_serve_and_roll_back(
     write_images(tree / "real", 150, False, rng)
     write_images(tree / "fake", 150, True, rng)
     s3 = make_s3_client(stack_settings)
-    registry_bucket = f"registry-{secrets.token_hex(4)}"
+    # (Fixed names: SeaweedFS is new each test session, and the retraining orders and
+    # holds out corrections by a hash of their URL, so random names made each run's
+    # retraining another draw.)
+    registry_bucket = "loop-registry"
     s3.create_bucket(Bucket=registry_bucket)
     settings = replace(
         stack_settings,
@@ -161,9 +166,10 @@ def test_flags_retrain_promote_serve_and_roll_back(
     trainer = start_process(["training-worker", "--loglevel", "INFO"], env)
     factory = make_session_factory(stack_engine)
     images = np.random.default_rng(1234)
+    bucket_numbers = itertools.count(1)
 
     def classify_new_bucket() -> dict[str, tuple[int, str, int]]:
-        bucket = f"loop-{secrets.token_hex(6)}"
+        bucket = f"loop-{next(bucket_numbers)}"
         s3.create_bucket(Bucket=bucket)
         store = S3Store(bucket, s3)
         for i in range(PER_CLASS):
@@ -222,7 +228,12 @@ def test_flags_retrain_promote_serve_and_roll_back(
     with session_scope(factory) as session:
         run = session.get_one(TrainingRun, run_id)
         report = run.gate_report or {}
-        assert run.status is RunStatus.REGISTERED, (run.error, report, trainer.output()[-3000:])
+        assert run.status is RunStatus.REGISTERED, (
+            run.error,
+            report.get("reasons"),
+            report,
+            trainer.output()[-3000:],
+        )
         assert run.corrections == len(missed) and report["training"]["corrections"] == len(missed)
         assert report["training"]["mode"] == "adapt", report["training"]
         assert report["decided_by"] == "fixes-corrections", report["reasons"]
