@@ -121,6 +121,7 @@ def test_adapt_learns_a_new_kind_of_fake_and_passes_the_gate(
     assert card["weights"]["file"] == "model.weights.h5" and (out / "model.weights.h5").is_file()
     # And it catches the new kind of fake now
     after = _recall(out, new_kind["held_out"])
+    print(f"recall on the new kind: base {before:.2f}, adapted {after:.2f}")
     assert after >= 0.8, f"recall on the new kind {before:.2f} -> {after:.2f}"
     # And the retraining gate accepts it against the base model
     hp = load_hparams(None, dict(p.split("=", 1) for p in TINY))
@@ -133,6 +134,7 @@ def test_adapt_learns_a_new_kind_of_fake_and_passes_the_gate(
         settings=Settings(),
         min_auc=0.9,
     )
+    print("gate:", json.dumps(report["criteria"]))
     assert report["passed"], report["reasons"]
     assert report["decided_by"] == "fixes-corrections"
 
