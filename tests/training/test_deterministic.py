@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 def test_two_deterministic_runs_train_the_same_weights(
     synthetic_tree: Path, tmp_path: Path
 ) -> None:
-    # Given the tiny recipe with determinism (the variable lets one watch this test fail
-    # without it)
+    # Given the tiny recipe with determinism (run alone, DEEPSCREEN_TEST_DETERMINISTIC=false
+    # shows this test fail without it; in a process where a deterministic run came first,
+    # it stays on)
     flag = os.environ.get("DEEPSCREEN_TEST_DETERMINISTIC", "true")
     hp = load_hparams(
         None,
