@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from sample_images import write_images
 
+from deepscreen.litert import make_interpreter
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet.weights.h5"
@@ -15,10 +17,7 @@ SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet.weig
 
 def tflite_scores(model_content: bytes, pixels: np.ndarray) -> np.ndarray:
     """The first output of a one-output TFLite model for each image, one at a time."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=model_content)
-    interpreter.allocate_tensors()
+    interpreter = make_interpreter(model_content, num_threads=None)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     scores = []
     for image in pixels:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,10 @@ pytestmark = pytest.mark.slow
 def test_two_deterministic_runs_train_the_same_weights(
     synthetic_tree: Path, tmp_path: Path
 ) -> None:
-    # Given the tiny recipe with determinism (run alone, DEEPSCREEN_TEST_DETERMINISTIC=false
-    # shows this test fail without it; in a process where a deterministic run came first,
-    # it stays on)
-    flag = os.environ.get("DEEPSCREEN_TEST_DETERMINISTIC", "true")
+    # Given the tiny recipe, which turns determinism on
     hp = load_hparams(
         None,
-        dict(
-            p.split("=", 1)
-            for p in [*TINY, "fine_tune_epochs=4", "min_val_auc=0", f"deterministic={flag}"]
-        ),
+        dict(p.split("=", 1) for p in [*TINY, "fine_tune_epochs=4", "min_val_auc=0"]),
     )
     samples = read_tree(synthetic_tree)
     # When it trains twice in one process
